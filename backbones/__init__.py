@@ -1,0 +1,4 @@
+"""backbone-zoo model families; importing this package registers every model with timm."""
+from . import van
+
+__all__ = ['van']

@@ -1,0 +1,80 @@
+"""Helpers shared by the family files: checkpoint key remapping and checks, input checks."""
+import re
+from typing import Callable, Dict, Iterable, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ['CheckpointMismatchError', 'check_state_dict_keys', 'check_input_size', 'remap_state_dict', 'unwrap_state_dict']
+
+Replacement = Union[str, Callable[[re.Match], str]]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's keys do not match the model's, after conversion to our layout."""
+
+
+def unwrap_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
+    """Return the state dict inside an official checkpoint file's wrapper ('model' or 'state_dict')."""
+    for wrapper in ('model', 'state_dict'):
+        if isinstance(checkpoint.get(wrapper), dict):
+            return checkpoint[wrapper]
+    return checkpoint
+
+
+def remap_state_dict(
+        state_dict: Dict[str, torch.Tensor],
+        rules: Sequence[Tuple[str, Replacement]],
+        drop: Iterable[str] = (),
+) -> Dict[str, torch.Tensor]:
+    """Rename every key by applying `rules` (regex, replacement) in order; drop keys matching `drop`."""
+    drop_patterns = [re.compile(p) for p in drop]
+    compiled = [(re.compile(p), r) for p, r in rules]
+    out = {}
+    for key, value in state_dict.items():
+        if any(p.search(key) for p in drop_patterns):
+            continue
+        for pattern, replacement in compiled:
+            key = pattern.sub(replacement, key)
+        out[key] = value
+    return out
+
+
+def check_state_dict_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module, source: str = 'checkpoint') -> None:
+    """Raise `CheckpointMismatchError` naming every missing and unexpected key.
+
+    Shapes are left to timm's loader, which adapts the classifier and first conv to num_classes/in_chans.
+    """
+    expected = set(model.state_dict().keys())
+    given = set(state_dict.keys())
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        def _list(keys):
+            shown = ', '.join(keys[:20])
+            return shown + (f', ... ({len(keys) - 20} more)' if len(keys) > 20 else '')
+        parts = []
+        if missing:
+            parts.append(f'{len(missing)} missing key(s): {_list(missing)}')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected key(s): {_list(unexpected)}')
+        raise CheckpointMismatchError(
+            f'{source} does not match {type(model).__name__} after conversion to this layout: ' + '; '.join(parts)
+            + '. Is it a checkpoint of a different variant or family?')
+
+
+def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: str = 'model') -> None:
+    """Raise a ValueError naming the expected and given input shape.
+
+    Args:
+        x: input batch, (B, C, H, W).
+        in_chans: channels the model was built for.
+        img_size: (H, W) for fixed-size models, None for models that take any size.
+    """
+    if x.ndim != 4:
+        raise ValueError(f'{model_name} expects a batch of images (B, C, H, W), got a tensor of shape {tuple(x.shape)}')
+    if x.shape[1] != in_chans:
+        raise ValueError(f'{model_name} was built for {in_chans} input channels, got {x.shape[1]} (input {tuple(x.shape)})')
+    if img_size is not None and tuple(x.shape[-2:]) != tuple(img_size):
+        raise ValueError(
+            f'{model_name} has a fixed input size {tuple(img_size)}, got {tuple(x.shape[-2:])}; '
+            f'resize the input or build the model with img_size={tuple(x.shape[-2:])}')

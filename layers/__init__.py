@@ -1,0 +1,17 @@
+"""Shared operators of backbone-zoo: each with a plain reference implementation and fast ones."""
+from .config import (
+    GLOBAL_IMPLS, KernelUnavailableError, OpCase, get_kernel_impl, kernel_impl, resolve_impl, set_kernel_impl,
+    usable_impls,
+)
+from .large_kernel_conv import (
+    LargeKernelAttention, dilated_dwconv2d, dilated_dwconv2d_reference, dilated_dwconv2d_subgrid,
+)
+from . import large_kernel_conv as _large_kernel_conv
+
+# Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
+_OP_MODULES = (_large_kernel_conv,)
+
+
+def benchmark_cases(batch_size: int = 8):
+    """Every operator's benchmark cases at backbone-stage shapes (see `OpCase`)."""
+    return [case for module in _OP_MODULES for case in module.benchmark_cases(batch_size)]

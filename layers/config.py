@@ -1,0 +1,121 @@
+"""Kernel-implementation selection shared by every operator in `layers/`.
+
+Every operator has a `reference` implementation (plain PyTorch, the definition of its semantics) and
+one or more fast ones. Which one runs is decided, in order, by:
+
+1. the `impl=` argument of the operator call (or the `kernel_impl=` argument of the module/model);
+2. the process-wide setting: `set_kernel_impl()`, the `kernel_impl()` context manager, or the
+   `ZOO_KERNEL_IMPL` environment variable read at import;
+3. `'auto'`: the first implementation, in the operator's priority order, that can run on the given
+   inputs (the reference is always last and always runs).
+
+The process-wide setting is `'auto'` or `'reference'`. A named implementation that cannot run raises
+`KernelUnavailableError` with every reason; it never silently falls back. Under timm's `exportable` or
+`scriptable` layer config, `'auto'` resolves to the reference, which is export-friendly.
+"""
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+from timm.layers import is_exportable, is_scriptable
+
+__all__ = [
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'OpCase', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
+    'set_kernel_impl',
+]
+
+GLOBAL_IMPLS = ('auto', 'reference')
+_ENV_VAR = 'ZOO_KERNEL_IMPL'
+
+# An implementation table: name -> (function, can_use). `can_use(*args, **kwargs)` returns None when the
+# implementation can run on those inputs, else a short reason. Insertion order is the 'auto' priority.
+ImplTable = Dict[str, Tuple[Callable, Optional[Callable[..., Optional[str]]]]]
+
+
+class KernelUnavailableError(RuntimeError):
+    """A caller named a kernel implementation that cannot run on the given inputs."""
+
+
+def _check_global(name: str) -> str:
+    if name not in GLOBAL_IMPLS:
+        raise ValueError(
+            f'Unknown global kernel implementation {name!r}: expected one of {GLOBAL_IMPLS}. '
+            f'Operator-specific implementations are chosen per call with impl=... or per model with kernel_impl=....')
+    return name
+
+
+_global_impl = _check_global(os.environ.get(_ENV_VAR, 'auto').strip() or 'auto')
+
+
+def get_kernel_impl() -> str:
+    """The process-wide kernel implementation: 'auto' or 'reference'."""
+    return _global_impl
+
+
+def set_kernel_impl(name: str) -> None:
+    """Set the process-wide kernel implementation ('auto' or 'reference')."""
+    global _global_impl
+    _global_impl = _check_global(name)
+
+
+@contextlib.contextmanager
+def kernel_impl(name: str) -> Iterator[None]:
+    """Context manager: run the enclosed code with the given process-wide implementation."""
+    previous = get_kernel_impl()
+    set_kernel_impl(name)
+    try:
+        yield
+    finally:
+        set_kernel_impl(previous)
+
+
+def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, **kwargs) -> Callable:
+    """Pick the implementation of `op_name` to run on these inputs.
+
+    Args:
+        op_name: operator name, for error messages.
+        impls: the operator's implementation table, in 'auto' priority order, ending with 'reference'.
+        impl: None (use the process-wide setting), 'auto', 'reference' or a name from `impls`.
+        *args, **kwargs: the operator's inputs, passed to each `can_use` check.
+
+    Returns:
+        The implementation function.
+    """
+    name = get_kernel_impl() if impl is None else impl
+    if name == 'auto':
+        if is_exportable() or is_scriptable():
+            return impls['reference'][0]
+        reasons = []
+        for candidate, (fn, can_use) in impls.items():
+            reason = None if can_use is None else can_use(*args, **kwargs)
+            if reason is None:
+                return fn
+            reasons.append(f'{candidate}: {reason}')
+        raise KernelUnavailableError(f'No implementation of {op_name} can run here: ' + '; '.join(reasons))
+    if name not in impls:
+        raise ValueError(f'Unknown implementation {name!r} for {op_name}; available: {list(impls)} or "auto".')
+    fn, can_use = impls[name]
+    reason = None if can_use is None else can_use(*args, **kwargs)
+    if reason is not None:
+        raise KernelUnavailableError(f'{op_name} implementation {name!r} cannot run on these inputs because: {reason}')
+    return fn
+
+
+def usable_impls(impls: ImplTable, *args, **kwargs) -> Dict[str, Optional[str]]:
+    """Map every implementation name to None (usable on these inputs) or the reason it is not."""
+    return {name: (None if can_use is None else can_use(*args, **kwargs)) for name, (_, can_use) in impls.items()}
+
+
+@dataclass
+class OpCase:
+    """One operator benchmark case at a backbone-stage shape, for `benchmark.py --ops`.
+
+    `run(impl)` executes the operator once with implementation `impl` on inputs prepared beforehand;
+    `impls` lists the implementations to time (reference first).
+    """
+    op: str
+    shape: str
+    run: Callable[[str], object]
+    impls: List[str]
+    backward: Optional[Callable[[str], object]] = None
