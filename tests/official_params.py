@@ -1,0 +1,14 @@
+"""Exact parameter counts of the official constructors, from ../shared/design/<family>.md.
+
+Test data, kept apart from the model code so a model change cannot silently move its own expectation.
+"""
+OFFICIAL_PARAMS = {
+    # van.md section 2
+    'van_b0': 4_105_800,
+    'van_b1': 13_861_800,
+    'van_b2': 26_578_472,
+    'van_b3': 44_765_608,
+    'van_b4': 60_283_176,
+    'van_b5': 89_967_688,
+    'van_b6': 199_829_416,
+}

@@ -1,0 +1,108 @@
+"""Official-layout checkpoints, built from the vendored reference fixtures, reproduce the official logits.
+
+Each fixture in tests/fixtures/ was made by running the official code in float64 on weights from the
+`detweights/1` fill rule. We rebuild that state dict with our own fill (tests/detweights.py), save it wrapped
+as the official file is, and load it the way a user loads official weights.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from conftest import ALL_MODELS, meta_param_count, model_family
+from detweights import build_state_dict, fixture_input
+
+FIXTURE_DIR = Path(__file__).parent / 'fixtures'
+SHARED_REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+
+# fixture file -> our model name
+FIXTURE_MODELS = {
+    'van_van_b0.json': 'van_b0',
+}
+KERNEL_IMPLS = ('reference', 'auto')
+
+
+def _load(name):
+    return json.loads((FIXTURE_DIR / name).read_text())
+
+
+def _save_official(fixture, path):
+    state_dict = build_state_dict(fixture['state_dict'], fixture.get('overrides'))
+    wrapper = fixture['checkpoint']['wrapper']
+    torch.save({wrapper: state_dict} if wrapper else state_dict, path)
+    return state_dict
+
+
+def test_every_vendored_fixture_is_tested():
+    assert sorted(p.name for p in FIXTURE_DIR.glob('*.json')) == sorted(FIXTURE_MODELS)
+
+
+def test_every_shared_fixture_of_an_implemented_family_is_vendored():
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip('../shared/reference is not beside this checkout')
+    families = {model_family(n) for n in ALL_MODELS}
+    for path in SHARED_REFERENCE.glob('*.json'):
+        family = json.loads(path.read_text())['family']
+        if family in families:
+            assert (FIXTURE_DIR / path.name).read_bytes() == path.read_bytes(), f'{path.name} not vendored as is'
+
+
+@pytest.mark.parametrize('impl', KERNEL_IMPLS)
+@pytest.mark.parametrize('fixture_name', sorted(FIXTURE_MODELS))
+def test_fixture_logits(fixture_name, impl, tmp_path):
+    fixture = _load(fixture_name)
+    model_name = FIXTURE_MODELS[fixture_name]
+    path = tmp_path / 'official.pth.tar'
+    _save_official(fixture, path)
+    model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              kernel_impl=impl)
+    model = model.double().eval()
+    x = fixture_input(fixture['input']['seed'], fixture['input']['shape'])
+    expected = torch.tensor(fixture['outputs']['logits'], dtype=torch.float64)
+    with torch.no_grad():
+        logits = model(x)
+    bound = 1e-6 * max(1.0, expected.abs().max().item())
+    diff = (logits - expected).abs().max().item()
+    assert diff <= bound, f'{model_name} ({impl}) max abs diff {diff:.3e} > {bound:.3e}'
+    assert sum(p.numel() for p in model.parameters()) == fixture['params'] == meta_param_count(model_name)
+
+
+@pytest.mark.parametrize('fixture_name', sorted(FIXTURE_MODELS))
+def test_official_checkpoint_adapts_head_and_input_channels(fixture_name, tmp_path):
+    fixture = _load(fixture_name)
+    path = tmp_path / 'official.pth.tar'
+    official = _save_official(fixture, path)
+    model = timm.create_model(FIXTURE_MODELS[fixture_name], pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)), num_classes=10, in_chans=1).eval()
+    first_conv = model.pretrained_cfg['first_conv']
+    assert model.get_classifier().out_features == 10
+    assert model.get_submodule(first_conv).weight.shape[1] == 1
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+    # every tensor that was not adapted holds the official value
+    converted = sys.modules[type(model).__module__].checkpoint_filter_fn(official, model)
+    compared = skipped = 0
+    for key, value in model.state_dict().items():
+        if key.startswith((first_conv + '.', model.pretrained_cfg['classifier'] + '.')):
+            skipped += 1
+            continue
+        torch.testing.assert_close(value, converted[key].to(value.dtype), rtol=0, atol=0, msg=key)
+        compared += 1
+    assert compared > 0 and compared + skipped == len(converted)
+
+
+@pytest.mark.parametrize('fixture_name', sorted(FIXTURE_MODELS))
+def test_filter_is_a_no_op_on_our_own_checkpoints(fixture_name, tmp_path):
+    fixture = _load(fixture_name)
+    model_name = FIXTURE_MODELS[fixture_name]
+    official_path, ours_path = tmp_path / 'official.pth.tar', tmp_path / 'ours.pth'
+    _save_official(fixture, official_path)
+    model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(official_path)))
+    torch.save(model.state_dict(), ours_path)
+    again = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(ours_path)))
+    for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,126 @@
+"""Every fast operator implementation equals its reference, forward and backward; dispatch behaves.
+
+A new operator adds tests/op_specs/<op>.py with its `SPECS` and inherits every check below.
+"""
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from timm.layers import set_layer_config
+
+import layers
+from layers import KernelUnavailableError, dilated_dwconv2d, kernel_impl
+
+
+def _collect_specs():
+    specs = []
+    for path in sorted((Path(__file__).parent / 'op_specs').glob('[!_]*.py')):
+        specs += importlib.import_module(f'op_specs.{path.stem}').SPECS
+    return specs
+
+
+OP_SPECS = _collect_specs()
+
+_CASES = [pytest.param(spec, impl, case, id=f'{spec.name}-{impl}-{i}')
+          for spec in OP_SPECS for impl in spec.fast_impls for i, case in enumerate(spec.cases)]
+
+
+def _run(fn, tensors, kwargs, **extra):
+    tensors = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*tensors, **kwargs, **extra)
+    grad_out = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(out, tensors, grad_out)
+    return out, grads
+
+
+@pytest.mark.parametrize('spec,impl,case', _CASES)
+def test_fast_equals_reference_float64(spec, impl, case):
+    tensors, kwargs = spec.make_inputs(case, torch.float64)
+    ref_out, ref_grads = _run(spec.reference, tensors, kwargs)
+    out, grads = _run(spec.op, tensors, kwargs, impl=impl)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize('spec,impl,case', _CASES)
+def test_fast_equals_reference_float32(spec, impl, case):
+    tensors, kwargs = spec.make_inputs(case, torch.float32)
+    ref_out, ref_grads = _run(spec.reference, tensors, kwargs)
+    out, grads = _run(spec.op, tensors, kwargs, impl=impl)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('spec', OP_SPECS, ids=lambda s: s.name)
+def test_reference_gradcheck(spec):
+    tensors, kwargs = spec.make_inputs(spec.cases[1], torch.float64)
+    tensors = [t.detach().requires_grad_(True) for t in tensors]
+    assert torch.autograd.gradcheck(lambda *t: spec.reference(*t, **kwargs), tensors)
+
+
+@pytest.mark.parametrize('spec', OP_SPECS, ids=lambda s: s.name)
+def test_fast_impls_preserve_layout(spec):
+    case = next(c for c in spec.cases if c.get('layout') == 'channels_last')
+    tensors, kwargs = spec.make_inputs(case, torch.float32)
+    for impl in spec.fast_impls:
+        out = spec.op(*tensors, **kwargs, impl=impl)
+        ref = spec.reference(*tensors, **kwargs)
+        assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(
+            memory_format=torch.channels_last)
+
+
+def test_dispatch_auto_picks_fast_when_usable(monkeypatch):
+    calls = []
+    import layers.large_kernel_conv as lkc
+    monkeypatch.setitem(lkc._DWCONV_IMPLS, 'subgrid', (
+        lambda *a: calls.append('subgrid') or lkc.dilated_dwconv2d_subgrid(*a), lkc._can_use_subgrid))
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, 7, 7)
+    dilated_dwconv2d(x, w, None, 3)
+    assert calls == ['subgrid']
+    dilated_dwconv2d(x, w, None, 1)  # dilation 1: subgrid says no, reference runs
+    assert calls == ['subgrid']
+    with kernel_impl('reference'):
+        dilated_dwconv2d(x, w, None, 3)
+    assert calls == ['subgrid']
+    with set_layer_config(exportable=True):
+        dilated_dwconv2d(x, w, None, 3)
+    assert calls == ['subgrid'], 'exportable must select the reference'
+
+
+def test_named_impl_that_cannot_run_raises_with_reason():
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, 7, 7)
+    with pytest.raises(KernelUnavailableError, match='subgrid.*dilation 1'):
+        dilated_dwconv2d(x, w, None, 1, impl='subgrid')
+
+
+def test_unknown_impl_names_raise():
+    x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, 7, 7)
+    with pytest.raises(ValueError, match="'triton'.*available"):
+        dilated_dwconv2d(x, w, None, 3, impl='triton')
+    with pytest.raises(ValueError, match="Unknown global kernel implementation 'fastest'"):
+        layers.set_kernel_impl('fastest')
+    assert layers.get_kernel_impl() == 'auto'
+
+
+def test_kernel_impl_context_restores_and_env_var():
+    with kernel_impl('reference'):
+        assert layers.get_kernel_impl() == 'reference'
+    assert layers.get_kernel_impl() == 'auto'
+    env = dict(os.environ, ZOO_KERNEL_IMPL='reference')
+    out = subprocess.run([sys.executable, '-c', 'import layers; print(layers.get_kernel_impl())'],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'reference'
+
+
+def test_every_benchmark_case_runs_every_listed_impl():
+    for case in layers.benchmark_cases(batch_size=1):
+        assert case.impls[0] == 'reference'
+        ref = case.run('reference')
+        for impl in case.impls[1:]:
+            torch.testing.assert_close(case.run(impl), ref, rtol=1e-4, atol=1e-4)

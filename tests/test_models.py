@@ -1,0 +1,158 @@
+"""The timm contract, checked for every registered model (a new family gets these tests for free)."""
+import pytest
+import timm
+import torch
+
+from conftest import ALL_MODELS, CI_MODELS, ceil_div, input_size_for, meta_param_count, model_params
+from official_params import OFFICIAL_PARAMS
+
+FWD_SIZE, BWD_SIZE, FEAT_SIZE = 224, 128, 96
+
+
+def _create(name, **kwargs):
+    return timm.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize('name', ALL_MODELS)
+def test_param_count_is_official(name):
+    assert name in OFFICIAL_PARAMS, f'{name} has no official parameter count in tests/official_params.py'
+    assert meta_param_count(name) == OFFICIAL_PARAMS[name]
+
+
+def test_every_family_has_a_ci_model():
+    assert CI_MODELS and CI_MODELS <= set(ALL_MODELS)
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_forward(name):
+    model = _create(name).eval()
+    c, h, w = input_size_for(model, FWD_SIZE)
+    x = torch.randn(2, c, h, w)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, model.num_classes)
+        assert torch.isfinite(out).all()
+        again = model(x)
+    torch.testing.assert_close(again, out, rtol=0, atol=0, msg='eval forward is not deterministic')
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_backward_and_grad_checkpointing(name):
+    model = _create(name, num_classes=42, drop_path_rate=0.).train()
+    c, h, w = input_size_for(model, BWD_SIZE)
+    x = torch.randn(2, c, h, w)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        out = model(x)
+        out.mean().backward()
+        return out, {n: p.grad for n, p in model.named_parameters()}
+
+    out, ref_grads = grads()
+    assert out.shape[-1] == 42
+    missing = [n for n, g in ref_grads.items() if g is None]
+    assert not missing, f'parameters without gradient: {missing}'
+    model.set_grad_checkpointing(True)
+    out_ckpt, ckpt_grads = grads()
+    torch.testing.assert_close(out_ckpt, out, rtol=1e-5, atol=1e-6)
+    for n in ref_grads:
+        torch.testing.assert_close(ckpt_grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f'grad of {n}')
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_default_cfg(name):
+    model = _create(name).eval()
+    cfg = model.pretrained_cfg
+    for field in ('license', 'paper_ids', 'origin_url', 'crop_pct', 'interpolation', 'mean', 'std',
+                  'first_conv', 'classifier', 'input_size', 'pool_size'):
+        assert cfg.get(field) is not None, f'{name} pretrained_cfg lacks {field}'
+    assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
+    state_dict = model.state_dict()
+    for module_name in (cfg['classifier'], cfg['first_conv']):
+        assert f'{module_name}.weight' in state_dict, f'{module_name} is not a module with a weight'
+
+    c, h, w = input_size_for(model, FWD_SIZE)
+    x = torch.randn(1, c, h, w)
+    scale = (h / cfg['input_size'][1], w / cfg['input_size'][2])
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape[1] == model.num_features
+        assert tuple(feats.shape[-2:]) == tuple(int(p * s) for p, s in zip(cfg['pool_size'], scale))
+        pre_logits = model.forward_head(feats, pre_logits=True)
+        assert pre_logits.shape == (1, model.head_hidden_size)
+
+        model.reset_classifier(0)
+        assert model.num_classes == 0
+        pooled = model(x)
+        assert pooled.shape == pre_logits.shape
+        model.reset_classifier(0, '')
+        assert model(x).ndim == 4
+        model.reset_classifier(17, 'avg')
+        assert model(x).shape == (1, 17)
+
+        unpooled = _create(name, num_classes=0, global_pool='').eval()
+        assert unpooled(x).ndim == 4
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_features_only(name):
+    model = _create(name, features_only=True).eval()
+    info = model.feature_info
+    assert len(info.channels()) >= 3
+    c, h, w = input_size_for(model, FEAT_SIZE)
+    x = torch.randn(2, c, h, w)
+    with torch.no_grad():
+        outs = model(x)
+    assert [o.shape[1] for o in outs] == info.channels()
+    for o, r in zip(outs, info.reduction()):
+        assert o.shape[-2] <= ceil_div(h, r) + 1 and o.shape[-1] <= ceil_div(w, r) + 1
+
+    n = len(info.channels())
+    picked = _create(name, features_only=True, out_indices=(1, -1)).eval()
+    assert picked.feature_info.channels() == [info.channels()[1], info.channels()[n - 1]]
+    with torch.no_grad():
+        picked_outs = picked(x)
+    assert [o.shape for o in picked_outs] == [outs[1].shape, outs[-1].shape]
+    with pytest.raises(Exception, match=r'(?i)index|range'):
+        _create(name, features_only=True, out_indices=(n,))
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_forward_intermediates(name):
+    model = _create(name).eval()
+    c, h, w = input_size_for(model, FEAT_SIZE)
+    x = torch.randn(2, c, h, w)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        expected = model.forward_features(x)
+        torch.testing.assert_close(final, expected)
+        assert [t.shape[1] for t in intermediates] == [f['num_chs'] for f in model.feature_info]
+        for t, f in zip(intermediates, model.feature_info):
+            assert t.shape[-1] == ceil_div(w, f['reduction'])
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last_two) == 2
+        torch.testing.assert_close(last_two[-1], intermediates[-1])
+        early = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)
+        torch.testing.assert_close(early[0], intermediates[0])
+
+
+@pytest.mark.parametrize('name', model_params())
+def test_model_any_input_size(name):
+    """Non-square, non-multiple-of-stride inputs run (unless the cfg says the size is fixed)."""
+    model = _create(name).eval()
+    if model.pretrained_cfg.get('fixed_input_size', False):
+        pytest.skip('fixed input size (see test_errors.py)')
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 97, 131))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('name', sorted(CI_MODELS))
+def test_model_torch_compile(name):
+    model = _create(name).eval()
+    x = torch.randn(1, *input_size_for(model, 64))
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model, dynamic=False)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-5)
