@@ -22,12 +22,11 @@ from torch.utils.data import DataLoader
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import backbones  # noqa: F401  (registers the zoo with timm)
-from backbones._checkpoint import CheckpointError
 from backbones._data import (
-    BadImageError, DigitsDataset, ImageFolderDataset, WebDatasetShards, collate_skip_bad, load_image,
+    DigitsDataset, ImageFolderDataset, WebDatasetShards, collate_skip_bad, load_image,
 )
 from backbones._engine import evaluate
-from backbones._recipe import create_model_checked
+from backbones._recipe import create_model_checked, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,11 +135,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, CheckpointError, BadImageError) as e:
-        message = str(e).strip()
-        if 'Original Traceback' in message:  # raised in a DataLoader worker: keep the worker's own message
-            message = message.splitlines()[-1].split(': ', 1)[-1]
-        print(f'eval.py: error: {message}', file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, 'eval.py')

@@ -28,14 +28,12 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device
 
 import backbones  # noqa: F401  (registers the zoo with timm)
-from backbones._checkpoint import (
-    CheckpointError, CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state,
-)
+from backbones._checkpoint import CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state
 from backbones._data import (
-    BadImageError, DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards,
+    DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards,
 )
 from backbones._engine import DistillationLoss, evaluate, train_one_epoch, unwrap_model, write_jsonl
-from backbones._recipe import create_model_checked, parse_with_config
+from backbones._recipe import create_model_checked, parse_with_config, run_cli
 
 _logger = logging.getLogger('train')
 
@@ -422,11 +420,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, CheckpointError, BadImageError) as e:
-        message = str(e).strip()
-        if 'Original Traceback' in message:  # raised in a DataLoader worker: keep the worker's own message
-            message = message.splitlines()[-1].split(': ', 1)[-1]
-        print(f'train.py: error: {message}', file=sys.stderr)
-        sys.exit(2)
+    run_cli(main, 'train.py')

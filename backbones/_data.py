@@ -13,7 +13,7 @@ import os
 import random
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -32,15 +32,21 @@ class BadImageError(RuntimeError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB, raising `BadImageError` naming the file when it is unreadable or corrupt."""
+def load_image(source, name: Optional[str] = None) -> Image.Image:
+    """Decode an image file (a path, or its bytes) as RGB; `BadImageError` names it when it is unreadable.
+
+    Args:
+        source: path of the image file, or its encoded bytes.
+        name: what the error calls it (default: the path).
+    """
+    name = name or str(source)
     try:
-        with open(path, 'rb') as f:
+        with (io.BytesIO(source) if isinstance(source, bytes) else open(source, 'rb')) as f:
             image = Image.open(f)
             image.load()
         return image.convert('RGB')
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise BadImageError(f'Cannot read image {path}: {e}') from e
+        raise BadImageError(f'Cannot read image {name}: {e}') from e
 
 
 def _sample_seed(*parts) -> int:
@@ -70,6 +76,12 @@ class SeededTransform:
             torch.set_rng_state(torch_state)
 
 
+def _apply_transform(transform: Optional[Callable], image, sample_id):
+    if isinstance(transform, SeededTransform):
+        return transform(image, sample_id)
+    return image if transform is None else transform(image)
+
+
 class _IndexedImageDataset(Dataset):
     """Base: subclasses give `_load(index) -> (PIL image, label)`; transforms are applied with per-sample seeds."""
 
@@ -88,11 +100,7 @@ class _IndexedImageDataset(Dataset):
             if self.skip_bad:
                 return None
             raise
-        if isinstance(self.transform, SeededTransform):
-            image = self.transform(image, index)
-        elif self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return _apply_transform(self.transform, image, index), label
 
 
 class DigitsDataset(_IndexedImageDataset):
@@ -260,19 +268,13 @@ class WebDatasetShards(IterableDataset):
         if image_ext is None or 'cls' not in sample:
             raise BadImageError(f'webdataset sample {key} in {sample.get("__url__")} has no image or no .cls label')
         try:
-            image = Image.open(io.BytesIO(sample[image_ext]))
-            image.load()
-            image = image.convert('RGB')
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+            image = load_image(sample[image_ext], name=f'{key}.{image_ext} in {sample.get("__url__")}')
+        except BadImageError:
             if self.skip_bad:
                 return None
-            raise BadImageError(f'Cannot read image {key}.{image_ext} in {sample.get("__url__")}: {e}') from e
+            raise
         label = int(sample['cls'].decode() if isinstance(sample['cls'], bytes) else sample['cls'])
-        if isinstance(self.transform, SeededTransform):
-            image = self.transform(image, key)
-        elif self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return _apply_transform(self.transform, image, key), label
 
     def __iter__(self):
         import webdataset as wds

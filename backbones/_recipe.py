@@ -3,14 +3,14 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import timm
 import yaml
 
 from ._checkpoint import load_checkpoint_file
 
-__all__ = ['ConfigError', 'apply_config', 'create_model_checked', 'parse_with_config']
+__all__ = ['ConfigError', 'apply_config', 'create_model_checked', 'parse_with_config', 'run_cli']
 
 
 class ConfigError(ValueError):
@@ -120,3 +120,17 @@ def create_model_checked(model_name: str, checkpoint: Optional[str] = None, use_
         kwargs['num_classes'] = checkpoint_classes
     overlay = dict(state_dict=state_dict, num_classes=checkpoint_classes)
     return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+
+def run_cli(main: Callable[[], int], prog: str) -> None:
+    """Run a CLI's main(); errors about the user's input end with one clear line and exit code 2, no traceback."""
+    from ._checkpoint import CheckpointError
+    from ._data import BadImageError
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError, CheckpointError, BadImageError) as e:
+        message = str(e).strip()
+        if 'Original Traceback' in message:  # raised in a DataLoader worker: keep the worker's own message
+            message = message.splitlines()[-1].split(': ', 1)[-1]
+        print(f'{prog}: error: {message}', file=sys.stderr)
+        sys.exit(2)

@@ -29,7 +29,6 @@ Deviations from the official code (none change the function):
 - van_b4, van_b5 and van_b6 have no released ImageNet-1k weights; they are registered architecture-only
   (the official constructors exist and the parameter counts match them).
 """
-from functools import partial
 from typing import List, Optional, Tuple, Union
 
 import torch

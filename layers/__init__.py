@@ -8,6 +8,13 @@ from .large_kernel_conv import (
 )
 from . import large_kernel_conv as _large_kernel_conv
 
+__all__ = [
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'OpCase', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
+    'set_kernel_impl', 'usable_impls',
+    'LargeKernelAttention', 'dilated_dwconv2d', 'dilated_dwconv2d_reference', 'dilated_dwconv2d_subgrid',
+    'benchmark_cases',
+]
+
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
 _OP_MODULES = (_large_kernel_conv,)
 

@@ -102,7 +102,7 @@ def test_embedded_default_learns(tmp_path):
          '--img-size', '32', '--threads', '2', '--output', tmp_path / 'run')
     record = _read_jsonl(tmp_path / 'run' / 'metrics.jsonl')[-1]
     assert record['eval_top1'] > 40, record
-    result = _run('eval.py', '--model', 'van_b0', '--checkpoint', tmp_path / 'run' / 'model_best.pth.tar',
+    _run('eval.py', '--model', 'van_b0', '--checkpoint', tmp_path / 'run' / 'model_best.pth.tar',
                   '--dataset', 'digits', '--digits-size', '32', '--img-size', '32', '--crop-pct', '1.0',
                   '--workers', '0', '--results-file', tmp_path / 'eval.json')
     evaluated = json.loads((tmp_path / 'eval.json').read_text())
