@@ -1,0 +1,171 @@
+"""Measurement helpers for benchmark.py: parameters, FLOPs, latency/throughput, peak memory, operator timing."""
+import contextlib
+import difflib
+import fnmatch
+import time
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence
+
+import timm
+import torch
+
+import layers
+from layers.flops import flop_count
+
+__all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'resolve_model_names', 'time_interleaved',
+           'time_model', 'time_ops', 'zoo_models']
+
+
+def zoo_models() -> List[str]:
+    """Every model registered by the `backbones` package."""
+    return sorted(n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('backbones.'))
+
+
+def resolve_model_names(patterns: Sequence[str], use_all: bool = False) -> List[str]:
+    """Expand names and globs against the registry; unknown ones raise a ValueError with close matches."""
+    if use_all:
+        return zoo_models()
+    registry = timm.list_models()
+    names = []
+    for pattern in patterns:
+        matches = sorted(fnmatch.filter(registry, pattern)) if any(c in pattern for c in '*?[') else (
+            [pattern] if pattern.split('.')[0] in registry else [])
+        if not matches:
+            close = difflib.get_close_matches(pattern, registry, n=3)
+            raise ValueError(f'Unknown model {pattern!r}' + (f'; did you mean {", ".join(close)}?' if close else ''))
+        names += [m for m in matches if m not in names]
+    return names
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: torch.nn.Module, input_size) -> Dict:
+    """MACs of one image at `input_size` (C, H, W), counted on the reference kernels in float32 eval mode."""
+    model = model.eval()
+    x = torch.randn(1, *input_size, device=next(model.parameters()).device)
+    with layers.kernel_impl('reference'), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # fvcore's tracer triggers torch.jit deprecation warnings
+        macs, by_op, unsupported = flop_count(model, x)
+    return dict(macs=macs, flops=2 * macs, by_op=by_op, unsupported=unsupported)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(functions: Dict[str, Callable[[], object]], iters: int, warmup: int, device: torch.device,
+                     rounds: int = 3) -> Dict[str, List[float]]:
+    """Per-call seconds of each function, measured in interleaved rounds so that machine noise hits all alike."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {name: [] for name in functions}
+    per_round = max(1, iters // rounds)
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _read_status_kb(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[float]:
+    """Peak extra memory (MiB) while `fn` runs: CUDA allocator peak, or on CPU the process's peak RSS above its
+    RSS before the call (Linux: VmHWM after resetting it through /proc/self/clear_refs). None where unknown."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        return None
+    before = _read_status_kb('VmRSS')
+    fn()
+    peak = _read_status_kb('VmHWM')
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) / 1024
+
+
+def time_model(model: torch.nn.Module, batch_size: int, input_size, device: torch.device, mode: str = 'infer',
+               dtype: torch.dtype = torch.float32, channels_last: bool = False, iters: int = 10, warmup: int = 2,
+               extra: Optional[Dict[str, torch.nn.Module]] = None) -> Dict[str, Dict]:
+    """Latency and throughput of `model` (and of each model in `extra`, interleaved with it) at one batch size.
+
+    mode 'infer' times a forward in inference mode; 'train' a forward and backward in train mode.
+    bfloat16/float16 run under autocast. Returns name -> dict(latency_ms, img_per_s, peak_mem_mib).
+    """
+    models = {'model': model, **(extra or {})}
+    x = torch.randn(batch_size, *input_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
+    def make_step(m):
+        if mode == 'infer':
+            m.eval()
+
+            def step():
+                with torch.inference_mode(), autocast:
+                    return m(x)
+        else:
+            m.train()
+
+            def step():
+                with autocast:
+                    out = m(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                out.float().mean().backward()
+                m.zero_grad(set_to_none=True)
+        return step
+
+    steps = {name: make_step(m) for name, m in models.items()}
+    times = time_interleaved(steps, iters, warmup, device)
+    results = {}
+    for name, step in steps.items():
+        best = min(times[name])
+        median = sorted(times[name])[len(times[name]) // 2]
+        results[name] = dict(latency_ms=1000 * median, latency_min_ms=1000 * best, img_per_s=batch_size / median,
+                             peak_mem_mib=measure_peak_memory(step, device))
+    return results
+
+
+def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',
+             max_cases: Optional[int] = None) -> List[Dict]:
+    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs reference."""
+    rows = []
+    cases = [c for c in layers.benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
+    for case in cases[:max_cases]:
+        with torch.inference_mode():
+            reference_out = case.run('reference')
+            functions = {impl: (lambda impl=impl: case.run(impl)) for impl in case.impls}
+            times = time_interleaved(functions, iters, warmup, torch.device('cpu'))
+            ref_time = min(times['reference'])
+            for impl in case.impls:
+                out = case.run(impl)
+                diff = (out.float() - reference_out.float()).abs().max().item() if torch.is_tensor(out) else None
+                rows.append(dict(op=case.op, shape=case.shape, impl=impl, ms=1000 * min(times[impl]),
+                                 speedup=ref_time / min(times[impl]), max_abs_diff=diff))
+    return rows

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Profile models: parameters, FLOPs/MACs (fvcore), latency, throughput and peak memory; or time operators.
+
+    python benchmark.py van_b0 van_b1 --batch-sizes 1 8          # named models
+    python benchmark.py 'van*' --compare-impl --batch-sizes 8    # fast vs reference kernels, side by side
+    python benchmark.py --all --no-timing --json models.json     # every zoo model, params and FLOPs only
+    python benchmark.py --ops                                    # every layers operator, fast vs reference
+
+Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
+(fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
+"""
+import argparse
+import csv
+import json
+import sys
+
+import torch
+from tqdm import tqdm
+
+import backbones  # noqa: F401  (registers the zoo with timm)
+import layers
+from backbones._profile import count_flops, count_params, resolve_model_names, time_model, time_ops
+from backbones._recipe import create_model_checked, run_cli
+
+_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('models', nargs='*', help='model names or globs (quote globs)')
+    parser.add_argument('--all', action='store_true', help='every model of the zoo')
+    parser.add_argument('--ops', action='store_true', help='time the layers operators instead of models')
+    parser.add_argument('--ops-filter', default='', help='only operator cases whose "op shape" contains this')
+    parser.add_argument('--ops-max-cases', type=int, default=None)
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--img-size', type=int, default=None, help='square input side (default: the model\'s)')
+    parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
+    parser.add_argument('--iters', type=int, default=12, help='timed calls per measurement')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--dtype', default='float32', choices=list(_DTYPES), help='autocast dtype for timing')
+    parser.add_argument('--channels-last', action='store_true')
+    parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--kernel-impl', default='auto', choices=list(layers.GLOBAL_IMPLS))
+    parser.add_argument('--compare-impl', action='store_true',
+                        help='time every model with reference and with fast kernels, interleaved, and print the ratio')
+    parser.add_argument('--no-flops', action='store_true')
+    parser.add_argument('--no-timing', action='store_true')
+    parser.add_argument('--num-threads', type=int, default=None)
+    parser.add_argument('--json', default='', help='write results as JSON here')
+    parser.add_argument('--csv', default='', help='write results as CSV here')
+    return parser
+
+
+def _print_table(rows, columns):
+    widths = [max(len(title), *(len(fmt(r)) for r in rows)) for title, fmt in columns]
+    print('  '.join(title.rjust(w) for (title, _), w in zip(columns, widths)))
+    for row in rows:
+        print('  '.join(fmt(row).rjust(w) for (_, fmt), w in zip(columns, widths)))
+
+
+def _fmt(value, spec):
+    return '-' if value is None else format(value, spec)
+
+
+def _benchmark_model(name, args, device):
+    model = create_model_checked(name).to(device)
+    input_size = model.pretrained_cfg['input_size']
+    if args.img_size:
+        input_size = (input_size[0], args.img_size, args.img_size)
+    base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
+    if not args.no_flops:
+        flops = count_flops(model, input_size)
+        base.update(gmacs=flops['macs'] / 1e9, gflops=flops['flops'] / 1e9)
+    rows = []
+    if args.no_timing:
+        return [base]
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    timed = model
+    if args.torchcompile:
+        timed = torch.compile(model, backend=args.torchcompile)
+    for batch_size in args.batch_sizes:
+        extra = {}
+        if args.compare_impl:
+            reference = create_model_checked(name, kernel_impl='reference').to(device)
+            reference.load_state_dict(model.state_dict())
+            extra['reference'] = reference
+            timed = create_model_checked(name, kernel_impl='auto').to(device)
+            timed.load_state_dict(model.state_dict())
+        result = time_model(timed, batch_size, input_size, device, args.mode, _DTYPES[args.dtype],
+                            args.channels_last, args.iters, args.warmup, extra)
+        row = dict(base, batch_size=batch_size, mode=args.mode, dtype=args.dtype,
+                   kernel_impl='auto' if args.compare_impl else args.kernel_impl, **result['model'])
+        if args.compare_impl:
+            ref = result['reference']
+            row.update(ref_img_per_s=ref['img_per_s'], fast_vs_reference=row['img_per_s'] / ref['img_per_s'])
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    layers.set_kernel_impl(args.kernel_impl)
+    device = torch.device(args.device)
+    if args.ops:
+        rows = time_ops(args.batch_sizes[-1], args.iters, args.warmup, args.ops_filter, args.ops_max_cases)
+        print(f'layers operators, batch {args.batch_sizes[-1]}, float32, {torch.get_num_threads()} threads, '
+              f'min of {args.iters} interleaved calls; speedup = reference time / impl time')
+        _print_table(rows, [('op', lambda r: r['op']), ('shape', lambda r: r['shape']), ('impl', lambda r: r['impl']),
+                            ('ms', lambda r: f'{r["ms"]:.2f}'), ('speedup', lambda r: f'{r["speedup"]:.2f}x'),
+                            ('max|diff|', lambda r: _fmt(r['max_abs_diff'], '.1e'))])
+    else:
+        if not args.models and not args.all:
+            raise ValueError('name at least one model (or a glob), or use --all or --ops')
+        names = resolve_model_names(args.models, args.all)
+        rows = []
+        for name in tqdm(names, desc='models', disable=len(names) < 2, leave=False):
+            rows += _benchmark_model(name, args, device)
+        columns = [('model', lambda r: r['model']), ('params(M)', lambda r: f'{r["params"] / 1e6:.2f}'),
+                   ('input', lambda r: r['input_size'])]
+        if not args.no_flops:
+            columns += [('GMACs', lambda r: f'{r["gmacs"]:.3f}'), ('GFLOPs', lambda r: f'{r["gflops"]:.3f}')]
+        if not args.no_timing:
+            columns += [('batch', lambda r: str(r['batch_size'])), ('ms/batch', lambda r: f'{r["latency_ms"]:.1f}'),
+                        ('img/s', lambda r: f'{r["img_per_s"]:.1f}'),
+                        ('peak MiB', lambda r: _fmt(r['peak_mem_mib'], '.0f'))]
+            if args.compare_impl:
+                columns += [('ref img/s', lambda r: f'{r["ref_img_per_s"]:.1f}'),
+                            ('fast/ref', lambda r: f'{r["fast_vs_reference"]:.2f}x')]
+        print(f'{args.device}, {args.mode}, {args.dtype}, {torch.get_num_threads()} threads'
+              + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
+        _print_table(rows, columns)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=2)
+    if args.csv and rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(args.csv, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == '__main__':
+    run_cli(main, 'benchmark.py')

@@ -1,0 +1,50 @@
+"""fvcore FLOP (MAC) counting with handles for the ops fvcore skips or miscounts.
+
+fvcore reports multiply-accumulates and calls them flops; so do we here (`macs`), and benchmark.py prints
+GFLOPs = 2 x GMACs beside them. Count on the reference kernels (`layers.kernel_impl('reference')`): they are
+traceable and their einsum/matmul/conv nodes count exactly the useful work, while fused or sparse paths
+either hide in one node or do not trace at all (design/kernels.md section 4).
+
+`FLOP_HANDLES` maps a traced op name to a handle `(inputs, outputs) -> macs`; an operator registered as a
+custom op (`zoo::<name>`) adds its handle here.
+"""
+from collections import Counter
+from math import prod
+from typing import Callable, Dict, Tuple
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+__all__ = ['FLOP_HANDLES', 'flop_count', 'sdpa_flop_jit']
+
+
+def sdpa_flop_jit(inputs, outputs) -> int:
+    """scaled_dot_product_attention: Q K^T and A V, i.e. batch * L * S * (E + Ev) MACs (masks not discounted)."""
+    q, k, v = (get_shape(inputs[i]) for i in range(3))
+    return prod(q[:-2]) * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+FLOP_HANDLES: Dict[str, Callable] = {
+    'aten::scaled_dot_product_attention': sdpa_flop_jit,
+}
+
+
+def flop_count(model: torch.nn.Module, inputs) -> Tuple[int, Dict[str, int], Dict[str, int]]:
+    """Count MACs of `model(*inputs)` with fvcore and our handles.
+
+    Returns:
+        (total MACs, MACs per op type, unsupported op -> occurrences). Unsupported ops are the ones fvcore's
+        convention leaves out (elementwise, norms, softmax); an attention-like op showing up there is a bug.
+    """
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,)
+    analysis = FlopCountAnalysis(model, inputs)
+    for name, handle in FLOP_HANDLES.items():
+        analysis.set_op_handle(name, handle)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    analysis.tracer_warnings('none')
+    total = int(analysis.total())
+    by_op = {k: int(v) for k, v in analysis.by_operator().items()}
+    return total, by_op, dict(Counter(analysis.unsupported_ops()))
