@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
+import backbones  # noqa: F401
 from backbones._data import DigitsDataset, export_image_folder, export_webdataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,3 +191,19 @@ def test_single_image_top5_has_imagenet_names(tmp_path):
     info = ImageNetInfo()
     assert len(top5) == 5 and all(t['label'] == info.index_to_description(t['index']) for t in top5)
     assert top5[0]['label'] in result.stdout
+
+
+def test_distillation_amp_accumulation_and_wandb_paths_run(tmp_path):
+    """The recipe features not exercised above: DeiT-style distillation from a teacher checkpoint, bfloat16
+    autocast on CPU, channels_last, gradient accumulation with clipping, repeated augmentation, offline wandb."""
+    teacher = timm.create_model('van_b0', num_classes=10)
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 'teacher.pth')
+    result = _run('train.py', '--model', 'van_b0', '--dataset', 'digits', '--digits-size', 32, '--img-size', 32,
+                  '--crop-pct', '1.0', '--batch-size', 8, '--epochs', 1, '--max-steps-per-epoch', 4,
+                  '--distill-type', 'soft', '--distill-model', 'van_b0', '--distill-checkpoint', tmp_path / 'teacher.pth',
+                  '--distill-alpha', 0.5, '--distill-tau', 2.0, '--amp', '--channels-last', '--grad-accum-steps', 2,
+                  '--clip-grad', 1.0, '--aug-repeats', 3, '--log-wandb', '--workers', 0, '--threads', 1,
+                  '--output', tmp_path / 'run')
+    steps = _read_jsonl(tmp_path / 'run' / 'steps.jsonl')
+    assert len(steps) == 4 and steps[-1]['num_updates'] == 2
+    assert (tmp_path / 'run' / 'wandb').is_dir(), result.stdout[-2000:]
