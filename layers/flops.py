@@ -8,13 +8,17 @@ either hide in one node or do not trace at all (design/kernels.md section 4).
 `FLOP_HANDLES` maps a traced op name to a handle `(inputs, outputs) -> macs`; an operator registered as a
 custom op (`zoo::<name>`) adds its handle here.
 """
+import warnings
 from collections import Counter
 from math import prod
 from typing import Callable, Dict, Tuple
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore', FutureWarning)  # fvcore.nn scripts a loss at import; torch deprecates jit
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 __all__ = ['FLOP_HANDLES', 'flop_count', 'sdpa_flop_jit']
 
