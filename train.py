@@ -132,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--distill-model', default='', help='teacher model name')
     group.add_argument('--distill-pretrained', action='store_true', help='teacher from its released weights')
     group.add_argument('--distill-checkpoint', default='', help='teacher checkpoint file')
+    group.add_argument('--distill-model-kwargs', nargs='*', default=[], type=_kv_pairs,
+                       help='extra teacher model args key=value')
     group.add_argument('--distill-alpha', type=float, default=0.5)
     group.add_argument('--distill-tau', type=float, default=1.0)
+    group.add_argument('--distill-weighting', default='mix', choices=['mix', 'add'],
+                       help="'mix': (1-alpha)*base + alpha*distill (DeiT); 'add': base + alpha*distill (AS-ViT)")
 
     group = parser.add_argument_group('runtime')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -283,7 +287,8 @@ def main(argv=None) -> int:
     if args.distill_type != 'none':
         teacher = create_model_checked(args.distill_model, checkpoint=args.distill_checkpoint or None,
                                        pretrained=args.distill_pretrained and not args.distill_checkpoint,
-                                       num_classes=args.num_classes).to(device).eval()
+                                       num_classes=args.num_classes, **dict(args.distill_model_kwargs))
+        teacher = teacher.to(device).eval()
         teacher.requires_grad_(False)
 
     train_model = model
@@ -312,7 +317,8 @@ def main(argv=None) -> int:
         base_criterion = LabelSmoothingCrossEntropy(args.smoothing)
     else:
         base_criterion = nn.CrossEntropyLoss()
-    loss_fn = DistillationLoss(base_criterion, teacher, args.distill_type, args.distill_alpha, args.distill_tau)
+    loss_fn = DistillationLoss(base_criterion, teacher, args.distill_type, args.distill_alpha, args.distill_tau,
+                               args.distill_weighting)
 
     manager = CheckpointManager(output, keep_last=args.checkpoint_hist, decreasing=args.eval_metric == 'loss')
     config_record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple,

@@ -1,4 +1,4 @@
 """backbone-zoo model families; importing this package registers every model with timm."""
-from . import van
+from . import asvit, van
 
-__all__ = ['van']
+__all__ = ['asvit', 'van']

@@ -29,17 +29,21 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 class DistillationLoss(nn.Module):
     """DeiT-style knowledge distillation from a frozen teacher.
 
-    loss = (1 - alpha) * base(student, target) + alpha * distill, where distill is, for 'soft',
-    KL(softmax(teacher / tau) || softmax(student / tau)) * tau^2 (per sample), or for 'hard', cross-entropy
-    against the teacher's argmax. A student returning (class_logits, dist_logits) (a distillation head) is
+    weighting 'mix' (DeiT): loss = (1 - alpha) * base(student, target) + alpha * distill;
+    weighting 'add' (DynamicViT/AS-ViT): loss = base + alpha * distill.
+    distill is, for 'soft', KL(softmax(teacher / tau) || softmax(student / tau)) * tau^2 (per sample), or for
+    'hard', cross-entropy against the teacher's argmax. A student returning (class_logits, dist_logits) (a distillation head) is
     distilled through its second output; a plain student through its only output.
     """
 
     def __init__(self, base_criterion: nn.Module, teacher: Optional[nn.Module], kind: str = 'none',
-                 alpha: float = 0.5, tau: float = 1.0):
+                 alpha: float = 0.5, tau: float = 1.0, weighting: str = 'mix'):
         super().__init__()
         if kind not in ('none', 'soft', 'hard'):
             raise ValueError(f"distillation type must be 'none', 'soft' or 'hard', got {kind!r}")
+        if weighting not in ('mix', 'add'):
+            raise ValueError(f"distillation weighting must be 'mix' or 'add', got {weighting!r}")
+        self.weighting = weighting
         if kind != 'none' and teacher is None:
             raise ValueError(f'distillation type {kind!r} needs a teacher model (--distill-model)')
         self.base_criterion, self.teacher, self.kind, self.alpha, self.tau = base_criterion, teacher, kind, alpha, tau
@@ -57,6 +61,8 @@ class DistillationLoss(nn.Module):
                                reduction='batchmean', log_target=True) * (t * t)
         else:
             distill = F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))
+        if self.weighting == 'add':
+            return base + distill * self.alpha
         return base * (1 - self.alpha) + distill * self.alpha
 
 
@@ -84,6 +90,7 @@ def train_one_epoch(
     """
     accum = args.grad_accum_steps
     model.train()
+    aux_loss = getattr(unwrap_model(model), 'aux_loss', None)
     total_steps = start_step + len(loader)
     loss_sum, loss_count = torch.zeros((), device=device), 0
     progress = tqdm(total=total_steps, initial=start_step, desc=f'train {epoch}', disable=not args.is_primary,
@@ -102,6 +109,8 @@ def train_one_epoch(
             with amp_autocast():
                 outputs = model(inputs)
                 loss = loss_fn(inputs, outputs, target)
+                if aux_loss is not None:  # a model's own training term, e.g. AS-ViT's FLOPs budget
+                    loss = loss + aux_loss()
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch} step {step}; stopping')
             scaled = loss / accum

@@ -6,17 +6,25 @@ from .config import (
 from .large_kernel_conv import (
     LargeKernelAttention, dilated_dwconv2d, dilated_dwconv2d_reference, dilated_dwconv2d_subgrid,
 )
+from .token_prune import (
+    AdaptiveThreshold, attention_with_cls_score, attention_with_cls_score_reference, attention_with_cls_score_sdpa,
+    gather_tokens, select_tokens_batch_topk, select_tokens_per_image, straight_through_keep,
+)
 from . import large_kernel_conv as _large_kernel_conv
+from . import token_prune as _token_prune
 
 __all__ = [
     'GLOBAL_IMPLS', 'KernelUnavailableError', 'OpCase', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
     'set_kernel_impl', 'usable_impls',
     'LargeKernelAttention', 'dilated_dwconv2d', 'dilated_dwconv2d_reference', 'dilated_dwconv2d_subgrid',
+    'AdaptiveThreshold', 'attention_with_cls_score', 'attention_with_cls_score_reference',
+    'attention_with_cls_score_sdpa', 'gather_tokens', 'select_tokens_batch_topk', 'select_tokens_per_image',
+    'straight_through_keep',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_large_kernel_conv,)
+_OP_MODULES = (_large_kernel_conv, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

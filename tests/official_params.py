@@ -3,6 +3,10 @@
 Test data, kept apart from the model code so a model change cannot silently move its own expectation.
 """
 OFFICIAL_PARAMS = {
+    # as_vit.md section 2 (deit_256: official VisionTransformerDiffPruning ctor as infer.py builds it, counted here)
+    'asvit_deit_tiny': 5_717_419,
+    'asvit_deit_small': 22_050_667,
+    'asvit_deit_256': 9_982_187,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,

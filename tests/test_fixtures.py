@@ -12,17 +12,33 @@ import pytest
 import timm
 import torch
 
-from conftest import ALL_MODELS, meta_param_count, model_family
+from conftest import ALL_MODELS, input_size_for, meta_param_count, model_family
 from detweights import build_state_dict, fixture_input
 
 FIXTURE_DIR = Path(__file__).parent / 'fixtures'
 SHARED_REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
 
-# fixture file -> our model name
+# fixture file -> our model name, or a list of (model name, extra model kwargs, fixture output key)
 FIXTURE_MODELS = {
     'van_van_b0.json': 'van_b0',
+    'as_vit_deit_tiny.json': [
+        ('asvit_deit_tiny', {}, 'logits_b1'),  # batch-independent default = the official batch-size-1 result
+        ('asvit_deit_tiny', {'prune_mode': 'batch_topk'}, 'logits'),  # the official batched rule
+    ],
 }
 KERNEL_IMPLS = ('reference', 'auto')
+
+
+def _cases(fixture_name):
+    spec = FIXTURE_MODELS[fixture_name]
+    return [(spec, {}, 'logits')] if isinstance(spec, str) else spec
+
+
+def _model_name(fixture_name):
+    return _cases(fixture_name)[0][0]
+
+
+FIXTURE_CASES = [pytest.param(f, *case, id=f'{f}-{case[2]}') for f in sorted(FIXTURE_MODELS) for case in _cases(f)]
 
 
 def _load(name):
@@ -51,17 +67,16 @@ def test_every_shared_fixture_of_an_implemented_family_is_vendored():
 
 
 @pytest.mark.parametrize('impl', KERNEL_IMPLS)
-@pytest.mark.parametrize('fixture_name', sorted(FIXTURE_MODELS))
-def test_fixture_logits(fixture_name, impl, tmp_path):
+@pytest.mark.parametrize('fixture_name,model_name,model_kwargs,output_key', FIXTURE_CASES)
+def test_fixture_logits(fixture_name, model_name, model_kwargs, output_key, impl, tmp_path):
     fixture = _load(fixture_name)
-    model_name = FIXTURE_MODELS[fixture_name]
     path = tmp_path / 'official.pth.tar'
     _save_official(fixture, path)
     model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              kernel_impl=impl)
+                              kernel_impl=impl, **model_kwargs)
     model = model.double().eval()
     x = fixture_input(fixture['input']['seed'], fixture['input']['shape'])
-    expected = torch.tensor(fixture['outputs']['logits'], dtype=torch.float64)
+    expected = torch.tensor(fixture['outputs'][output_key], dtype=torch.float64)
     with torch.no_grad():
         logits = model(x)
     bound = 1e-6 * max(1.0, expected.abs().max().item())
@@ -75,13 +90,13 @@ def test_official_checkpoint_adapts_head_and_input_channels(fixture_name, tmp_pa
     fixture = _load(fixture_name)
     path = tmp_path / 'official.pth.tar'
     official = _save_official(fixture, path)
-    model = timm.create_model(FIXTURE_MODELS[fixture_name], pretrained=True,
+    model = timm.create_model(_model_name(fixture_name), pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(path)), num_classes=10, in_chans=1).eval()
     first_conv = model.pretrained_cfg['first_conv']
     assert model.get_classifier().out_features == 10
     assert model.get_submodule(first_conv).weight.shape[1] == 1
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+        assert model(torch.randn(1, 1, *input_size_for(model, 64)[1:])).shape == (1, 10)
     # every tensor that was not adapted holds the official value
     converted = sys.modules[type(model).__module__].checkpoint_filter_fn(official, model)
     compared = skipped = 0
@@ -97,7 +112,7 @@ def test_official_checkpoint_adapts_head_and_input_channels(fixture_name, tmp_pa
 @pytest.mark.parametrize('fixture_name', sorted(FIXTURE_MODELS))
 def test_filter_is_a_no_op_on_our_own_checkpoints(fixture_name, tmp_path):
     fixture = _load(fixture_name)
-    model_name = FIXTURE_MODELS[fixture_name]
+    model_name = _model_name(fixture_name)
     official_path, ours_path = tmp_path / 'official.pth.tar', tmp_path / 'ours.pth'
     _save_official(fixture, official_path)
     model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(official_path)))

@@ -66,7 +66,9 @@ def test_reference_gradcheck(spec):
 
 @pytest.mark.parametrize('spec', OP_SPECS, ids=lambda s: s.name)
 def test_fast_impls_preserve_layout(spec):
-    case = next(c for c in spec.cases if c.get('layout') == 'channels_last')
+    case = next((c for c in spec.cases if c.get('layout') == 'channels_last'), None)
+    if case is None:
+        pytest.skip(f'{spec.name} takes no image-layout tensors')
     tensors, kwargs = spec.make_inputs(case, torch.float32)
     for impl in spec.fast_impls:
         out = spec.op(*tensors, **kwargs, impl=impl)

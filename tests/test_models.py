@@ -65,8 +65,9 @@ def test_model_default_cfg(name):
     model = _create(name).eval()
     cfg = model.pretrained_cfg
     for field in ('license', 'paper_ids', 'origin_url', 'crop_pct', 'interpolation', 'mean', 'std',
-                  'first_conv', 'classifier', 'input_size', 'pool_size'):
+                  'first_conv', 'classifier', 'input_size'):
         assert cfg.get(field) is not None, f'{name} pretrained_cfg lacks {field}'
+    assert 'pool_size' in cfg, f'{name} pretrained_cfg lacks pool_size (None for token-sequence features)'
     assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
     state_dict = model.state_dict()
     for module_name in (cfg['classifier'], cfg['first_conv']):
@@ -74,25 +75,32 @@ def test_model_default_cfg(name):
 
     c, h, w = input_size_for(model, FWD_SIZE)
     x = torch.randn(1, c, h, w)
-    scale = (h / cfg['input_size'][1], w / cfg['input_size'][2])
+    # feature maps (B, C, H, W) with pool_size, or token sequences (B, N, C) with pool_size None
+    unpooled_ndim = 3 if cfg['pool_size'] is None else 4
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape[1] == model.num_features
-        assert tuple(feats.shape[-2:]) == tuple(int(p * s) for p, s in zip(cfg['pool_size'], scale))
+        assert feats.ndim == unpooled_ndim
+        if cfg['pool_size'] is None:
+            assert feats.shape[-1] == model.num_features
+        else:
+            scale = (h / cfg['input_size'][1], w / cfg['input_size'][2])
+            assert feats.shape[1] == model.num_features
+            assert tuple(feats.shape[-2:]) == tuple(int(p * s) for p, s in zip(cfg['pool_size'], scale))
         pre_logits = model.forward_head(feats, pre_logits=True)
         assert pre_logits.shape == (1, model.head_hidden_size)
 
+        default_pool = model.global_pool
         model.reset_classifier(0)
         assert model.num_classes == 0
         pooled = model(x)
         assert pooled.shape == pre_logits.shape
         model.reset_classifier(0, '')
-        assert model(x).ndim == 4
-        model.reset_classifier(17, 'avg')
+        assert model(x).ndim == unpooled_ndim
+        model.reset_classifier(17, default_pool)
         assert model(x).shape == (1, 17)
 
         unpooled = _create(name, num_classes=0, global_pool='').eval()
-        assert unpooled(x).ndim == 4
+        assert unpooled(x).ndim == unpooled_ndim
 
 
 @pytest.mark.parametrize('name', model_params())
@@ -114,8 +122,9 @@ def test_model_features_only(name):
     with torch.no_grad():
         picked_outs = picked(x)
     assert [o.shape for o in picked_outs] == [outs[1].shape, outs[-1].shape]
+    num_levels = len(_create(name).feature_info)
     with pytest.raises(Exception, match=r'(?i)index|range'):
-        _create(name, features_only=True, out_indices=(n,))
+        _create(name, features_only=True, out_indices=(num_levels,))
 
 
 @pytest.mark.parametrize('name', model_params())

@@ -1,0 +1,435 @@
+"""Adaptive Sparse ViT (AS-ViT): learnable adaptive token pruning on DeiT.
+
+Paper: X. Liu, T. Wu, G. Guo, "Adaptive Sparse ViT: Towards Learnable Adaptive Token Pruning by Fully
+Exploiting Self-Attention", IJCAI 2023, https://arxiv.org/abs/2209.13802
+
+    @inproceedings{liu2023adaptive,
+      title={Adaptive Sparse ViT: Towards Learnable Adaptive Token Pruning by Fully Exploiting Self-Attention},
+      author={Liu, Xiangcheng and Wu, Tianyi and Guo, Guodong},
+      booktitle={IJCAI},
+      year={2023}
+    }
+
+Official code: https://github.com/Cydia2018/AS-ViT, matched at commit ea7ccdbca85bd0e41db1e818ad8c28b870125234
+(vit.py: VisionTransformerDiffPruning; losses.py: DistillDiffPruningFLOPsLoss). The repository has no licence
+file and releases no AS-ViT weights; fine-tuning starts from the DeiT checkpoints.
+
+Structure: a plain DeiT (16x16 patch embedding, class token, learned position embedding, pre-norm blocks,
+final LayerNorm, head on the class token). Every block's attention also yields a score per patch token: its
+class-token attention weighted by token-level head importance (`layers.token_prune`). Before the pruning blocks
+(4, 7, 10 for DeiT-Tiny/Small; 3, 6, 9 for the 256-wide DeiT) the score of the previous block is compared
+with a learnable scalar threshold per stage:
+- eval: tokens with score > threshold are removed for good (pruning is cumulative);
+- training: nothing is removed; a straight-through hard mask hard(sigmoid((s - thr) / 1e-4)) enters every
+  following attention as a key mask (AS-ViT's eps-smoothed masked softmax), and each block reports its FLOPs
+  for the kept-token count, so the budget loss |mean FLOPs - keep_ratio x dense FLOPs| trains the thresholds.
+
+Eval pruning modes (`prune_mode`):
+- 'per_image' (default): each image keeps its own tokens (score > threshold, original order), exactly the
+  official batch-size-1 result, for any batch: images keeping fewer tokens are padded and their padding is
+  masked out of attention, so an image's logits never depend on the rest of its batch.
+- 'batch_topk': the official batched rule (k = floor(#(s > thr) over the batch / B) tokens per image, the
+  top-k by score, re-ordered by score); reproduces the official batched logits.
+- 'none': no pruning (plain DeiT), to measure what pruning gains.
+
+Deviations and assumptions:
+- The pruning score always comes from the block just before a pruning block (the official `target_index`
+  2..11 gives the same for every published variant); the `accu`/`ema_accu` options (off in the released
+  recipes) are not implemented.
+- The official B == 1 path crashes when one or no token survives a stage; ours keeps working (a stage may
+  keep zero patch tokens).
+- Training returns plain logits (the timm contract); the budget term is exposed as `model.aux_loss()`, which
+  train.py adds to the loss. The distillation term is train.py's soft distillation in additive mode
+  (`distill_weighting: add`), as losses.py computes it: CE + 2.0 * budget + 0.5 * KL(student || teacher).
+- The official DeiT training path returns an undefined `flops_1stage` tuple and cannot run as released; the
+  budget loss here follows losses.py, which that path was meant to feed.
+- Features (`features_only`, `forward_intermediates`) are per block on the 14x14 grid: a pruned token keeps
+  the value it had when it was pruned (it is no longer updated), kept tokens are scattered back to their
+  positions.
+- The input size is fixed by the position embedding (a clear error names it); build the model with another
+  `img_size` and checkpoints are resampled on load.
+- LV-ViT-S/M bases (lvvit.py) are not implemented yet (see the family issue).
+"""
+import math
+from functools import partial
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models._builder import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from timm.models._registry import generate_default_cfgs, register_model
+
+from layers import AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk
+from layers import select_tokens_per_image
+from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+
+__all__ = ['AdaptiveSparseViT']
+
+PRUNE_MODES = ('per_image', 'batch_topk', 'none')
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention that also returns the pruning score of every patch token."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
+                 kernel_impl: Optional[str] = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.kernel_impl = kernel_impl
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)  # NOTE: kept for the official layout; the official code never applies it
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+                policy: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out, score = attention_with_cls_score(q, k, v, self.scale, key_mask, policy, impl=self.kernel_impl)
+        x = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        return x, score
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention returns token scores."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = True, proj_drop: float = 0.,
+                 attn_drop: float = 0., drop_path: float = 0., norm_layer=None, kernel_impl: Optional[str] = None):
+        super().__init__()
+        self.dim, self.mlp_dim = dim, int(dim * mlp_ratio)
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, kernel_impl)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, self.mlp_dim, act_layer=nn.GELU, drop=proj_drop)
+
+    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+                policy: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        attn_out, score = self.attn(self.norm1(x), key_mask, policy)
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, score
+
+    def flops(self, num_tokens: torch.Tensor) -> torch.Tensor:
+        """GFLOPs of the block for `num_tokens` tokens, the official analytic count used by the budget loss."""
+        dim, mlp_dim, n = self.dim, self.mlp_dim, num_tokens
+        return (4 * dim * dim * n + 2 * dim * n * n + 2 * dim * mlp_dim * n) / 1e9
+
+
+class AdaptiveSparseViT(nn.Module):
+    """DeiT with AS-ViT's learnable-threshold token pruning."""
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 384,
+            depth: int = 12,
+            num_heads: int = 6,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            pruning_loc: Sequence[int] = (4, 7, 10),
+            threshold_init: Sequence[float] = (0.001, 0.002, 0.003),
+            prune_mode: str = 'per_image',
+            keep_ratio: float = 0.7,
+            budget_weight: float = 2.0,
+            kernel_impl: Optional[str] = None,
+    ):
+        """
+        Args:
+            img_size: input size (fixed by the position embedding).
+            patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias: the DeiT.
+            global_pool: 'token' (class token) or '' (no pooling: forward_head returns the tokens).
+            drop_rate: dropout before the head. proj_drop_rate: dropout after attention/MLP projections and on
+                the embedded tokens (the official `drop_rate`). attn_drop_rate: unused by the official forward.
+            drop_path_rate: stochastic depth, linear over the blocks.
+            pruning_loc: block indices before which tokens are pruned.
+            threshold_init: initial keep thresholds, one per pruning stage.
+            prune_mode: eval pruning: 'per_image', 'batch_topk' (official batched rule) or 'none'.
+            keep_ratio: training FLOPs budget as a fraction of the dense model's FLOPs (official base_rate).
+            budget_weight: weight of the budget term returned by `aux_loss()` (official ratio_weight).
+            kernel_impl: attention implementation (None: process-wide setting, see layers.config).
+        """
+        super().__init__()
+        if prune_mode not in PRUNE_MODES:
+            raise ValueError(f'prune_mode must be one of {PRUNE_MODES}, got {prune_mode!r}')
+        if len(threshold_init) != len(pruning_loc):
+            raise ValueError(f'{len(pruning_loc)} pruning stages need as many thresholds, got {threshold_init}')
+        if global_pool not in ('token', ''):
+            raise ValueError(f"global_pool must be 'token' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.in_chans = in_chans
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
+        self.pruning_loc = tuple(pruning_loc)
+        self.prune_mode = prune_mode
+        self.keep_ratio, self.budget_weight = keep_ratio, budget_weight
+        self._budget_loss = None
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.img_size = self.patch_embed.img_size
+        self.grid_size = self.patch_embed.grid_size
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(proj_drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], norm_layer,
+                  kernel_impl)
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.token_pruners = nn.ModuleList([AdaptiveThreshold(t) for t in threshold_init])
+        reduction = self.patch_embed.patch_size[0]
+        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
+
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'cls_token'} | {f'token_pruners.{i}.keep_threshold' for i in range(len(self.pruning_loc))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r'^cls_token|pos_embed|patch_embed', blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,)),
+                                                                      (r'^token_pruners', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('token', ''):
+                raise ValueError(f"global_pool must be 'token' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def dense_flops(self) -> float:
+        """GFLOPs of the unpruned model by the official analytic count (the budget loss's reference)."""
+        n = self.patch_embed.num_patches
+        return self._patch_embed_flops() + sum(float(blk.flops(n)) for blk in self.blocks)
+
+    def _patch_embed_flops(self) -> float:
+        p = self.patch_embed.patch_size[0]
+        return self.patch_embed.num_patches * self.embed_dim * self.in_chans * p * p / 1e9
+
+    def aux_loss(self) -> torch.Tensor:
+        """Budget term of the last training forward: weight * |mean per-image GFLOPs - keep_ratio * dense|."""
+        if self._budget_loss is None:
+            raise RuntimeError('aux_loss() needs a training-mode forward first')
+        return self.budget_weight * self._budget_loss
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, self.in_chans, self.img_size, model_name=type(self).__name__)
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed)
+
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[int], take: Sequence[int] = (), norm: bool = False):
+        """Run blocks[...] with pruning. Returns (tokens, key_mask, intermediates on the full patch grid)."""
+        B, N = x.shape[0], x.shape[1] - 1
+        training = self.training
+        score, key_mask, policy = None, None, None
+        position = None  # (B, K): grid index of each current patch token; N marks padding
+        grid = x[:, 1:] if take else None  # full-grid buffer: a pruned token keeps its last value
+        intermediates = []
+        if training:
+            policy = x.new_ones(B, N + 1)
+            flops = self._patch_embed_flops() + x.new_zeros(B)
+        stage = 0
+        for i in blocks:
+            if i in self.pruning_loc and self.prune_mode != 'none':
+                threshold = self.token_pruners[stage].keep_threshold
+                if training:
+                    policy = torch.cat([policy[:, :1], self.token_pruners[stage](score)], dim=1)
+                else:
+                    if self.prune_mode == 'per_image':
+                        index, valid = select_tokens_per_image(score, threshold)
+                        key_mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)
+                    else:
+                        index, valid = select_tokens_batch_topk(score, threshold), None
+                    x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], index)], dim=1)
+                    if take:
+                        position = index if position is None else gather_tokens(position, index)
+                        if valid is not None:
+                            position = position.masked_fill(~valid, N)
+                stage += 1
+            blk = self.blocks[i]
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, score = checkpoint(blk, x, key_mask, policy, use_reentrant=False)
+            else:
+                x, score = blk(x, key_mask, policy)
+            if training:
+                flops = flops + blk.flops(policy.sum(dim=1))
+            if i in take:
+                tokens = self.norm(x) if norm else x
+                if position is None:
+                    grid = tokens[:, 1:]
+                else:
+                    grid = torch.cat([grid, grid.new_zeros(B, 1, grid.shape[-1])], dim=1)
+                    grid = grid.scatter(1, position[..., None].expand(-1, -1, grid.shape[-1]), tokens[:, 1:])[:, :N]
+                intermediates.append(grid)
+        if training:
+            self._budget_loss = (flops.mean() - self.dense_flops() * self.keep_ratio).abs()
+        if key_mask is not None:
+            x = x * key_mask[..., None].to(x.dtype)  # padding rows of images that kept fewer tokens
+        return x, intermediates
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs on the full patch grid (pruned tokens keep their last value).
+
+        Args:
+            x: (B, C, H, W) input.
+            indices: None for all blocks, n for the last n, or a list of block indices (negatives allowed).
+            norm: apply the final norm to the intermediates.
+            stop_early: stop after the last selected block.
+            output_fmt: 'NCHW' or 'NLC' (patch tokens only).
+            intermediates_only: return only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        last = max_index if stop_early else len(self.blocks) - 1
+        x, grids = self._run_blocks(self._embed(x), range(last + 1), take=take_indices, norm=norm)
+        if output_fmt == 'NCHW':
+            h, w = self.grid_size
+            grids = [g.transpose(1, 2).reshape(g.shape[0], -1, h, w) for g in grids]
+        if intermediates_only:
+            return grids
+        return self.norm(x), grids
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self._run_blocks(self._embed(x), range(len(self.blocks)))
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'token':
+            x = x[:, 0]
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+_KEY_RULES = ((r'^score_predictor\.(\d+)\.keep_threshold$', r'token_pruners.\1.keep_threshold'),)
+
+
+def checkpoint_filter_fn(state_dict: dict, model: AdaptiveSparseViT) -> dict:
+    """Load AS-ViT checkpoints ({'model': ...}) and plain DeiT/timm ViT checkpoints (thresholds keep their init).
+
+    The position embedding is resampled when the model was built for another image size.
+    """
+    state_dict = remap_state_dict(unwrap_state_dict(state_dict), _KEY_RULES)
+    if not any(k.startswith('token_pruners.') for k in state_dict):
+        for name, value in model.state_dict().items():
+            if name.startswith('token_pruners.'):
+                state_dict[name] = value.detach().clone()
+    pos_embed = state_dict.get('pos_embed')
+    if pos_embed is not None and pos_embed.shape != model.pos_embed.shape:
+        old = int(math.sqrt(pos_embed.shape[1] - 1))
+        state_dict['pos_embed'] = resample_abs_pos_embed(pos_embed, list(model.grid_size), [old, old],
+                                                         num_prefix_tokens=1)
+    check_state_dict_keys(state_dict, model, source='AS-ViT/DeiT checkpoint')
+    return state_dict
+
+
+def _create_asvit(variant: str, pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    return build_model_with_cfg(
+        AdaptiveSparseViT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(2, 5, 8, 11), feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> dict:
+    return {
+        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'fixed_input_size': True,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'other',
+        'paper_ids': 'arXiv:2209.13802', 'paper_name': 'Adaptive Sparse ViT',
+        'origin_url': 'https://github.com/Cydia2018/AS-ViT', **kwargs,
+    }
+
+
+_BASE_NOTE = 'DeiT base weights (Apache-2.0) to fine-tune from; AS-ViT releases no weights; thresholds keep their init'
+default_cfgs = generate_default_cfgs({
+    'asvit_deit_tiny.deit_in1k': _cfg(
+        url='https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth', notes=_BASE_NOTE),
+    'asvit_deit_small.deit_in1k': _cfg(
+        url='https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth', notes=_BASE_NOTE),
+    'asvit_deit_256': _cfg(notes='architecture only (infer.py deit_256): no weights exist'),
+})
+
+
+@register_model
+def asvit_deit_tiny(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    model_args = dict(embed_dim=192, depth=12, num_heads=3, pruning_loc=(4, 7, 10))
+    return _create_asvit('asvit_deit_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def asvit_deit_small(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    model_args = dict(embed_dim=384, depth=12, num_heads=6, pruning_loc=(4, 7, 10))
+    return _create_asvit('asvit_deit_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def asvit_deit_256(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    model_args = dict(embed_dim=256, depth=12, num_heads=4, pruning_loc=(3, 6, 9))
+    return _create_asvit('asvit_deit_256', pretrained=pretrained, **dict(model_args, **kwargs))
