@@ -290,6 +290,8 @@ def main(argv=None) -> int:
                                        num_classes=args.num_classes, **dict(args.distill_model_kwargs))
         teacher = teacher.to(device).eval()
         teacher.requires_grad_(False)
+        if hasattr(model, 'set_distilled_training'):
+            model.set_distilled_training(True)
 
     train_model = model
     if args.torchcompile:

@@ -48,7 +48,9 @@ Deviations and assumptions:
   positions.
 - The input size is fixed by the position embedding (a clear error names it); build the model with another
   `img_size` and checkpoints are resampled on load.
-- LV-ViT-S/M bases (lvvit.py) are not implemented yet (see the family issue).
+- LV-ViT: the auxiliary head's max runs over the tokens still alive at the end; an image that kept no patch
+  token uses its class token there (the official code crashes). MixToken and token labels (TokenLabeling's
+  pre-training) are not part of AS-ViT's fine-tuning forward and are not implemented.
 """
 import math
 from functools import partial
@@ -59,7 +61,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._registry import generate_default_cfgs, register_model
@@ -97,12 +99,17 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block whose attention returns token scores."""
+    """Pre-norm transformer block whose attention returns token scores.
+
+    LV-ViT divides both residual branches by `skip_lam` (2) and counts FLOPs in more detail (`lvvit_flops`).
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = True, proj_drop: float = 0.,
-                 attn_drop: float = 0., drop_path: float = 0., norm_layer=None, kernel_impl: Optional[str] = None):
+                 attn_drop: float = 0., drop_path: float = 0., norm_layer=None, skip_lam: float = 1.,
+                 lvvit_flops: bool = False, kernel_impl: Optional[str] = None):
         super().__init__()
-        self.dim, self.mlp_dim = dim, int(dim * mlp_ratio)
+        self.dim, self.mlp_dim, self.num_heads = dim, int(dim * mlp_ratio), num_heads
+        self.skip_lam, self.lvvit_flops = skip_lam, lvvit_flops
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, kernel_impl)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -112,18 +119,61 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
                 policy: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         attn_out, score = self.attn(self.norm1(x), key_mask, policy)
-        x = x + self.drop_path(attn_out)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.skip_lam == 1.:
+            x = x + self.drop_path(attn_out)
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        else:
+            x = x + self.drop_path(attn_out) / self.skip_lam
+            x = x + self.drop_path(self.mlp(self.norm2(x))) / self.skip_lam
         return x, score
 
     def flops(self, num_tokens: torch.Tensor) -> torch.Tensor:
         """GFLOPs of the block for `num_tokens` tokens, the official analytic count used by the budget loss."""
         dim, mlp_dim, n = self.dim, self.mlp_dim, num_tokens
-        return (4 * dim * dim * n + 2 * dim * n * n + 2 * dim * mlp_dim * n) / 1e9
+        flops = 4 * dim * dim * n + 2 * dim * n * n + 2 * dim * mlp_dim * n
+        if self.lvvit_flops:
+            # lvvit.py also counts softmax (5 per score), scaling, biases, residuals, norms (5) and GELU (8)
+            flops = flops + (5 + 1) * n * n * self.num_heads + dim * n * (1 + 1 + 5 + 1 + 1 + 5) \
+                + mlp_dim * n * (8 + 1)
+        return flops / 1e9
+
+
+class ConvPatchEmbed(nn.Module):
+    """LV-ViT's patch embedding: conv 7x7/2 -> 3x3 -> 3x3 (each BN + ReLU, 64 channels), then a (p/2) x (p/2)
+    strided projection; tokens (B, N, C)."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 384,
+                 stem_chs: int = 64):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.stem_chs = stem_chs
+        self.conv1 = nn.Conv2d(in_chans, stem_chs, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.conv2 = nn.Conv2d(stem_chs, stem_chs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(stem_chs)
+        self.conv3 = nn.Conv2d(stem_chs, stem_chs, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(stem_chs)
+        self.act = nn.ReLU()
+        self.proj = nn.Conv2d(stem_chs, embed_dim, patch_size // 2, stride=patch_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        x = self.act(self.bn3(self.conv3(x)))
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+    def flops(self, in_chans: int, embed_dim: int) -> float:
+        """lvvit.py's analytic count (its projection term is counted at the half-resolution grid)."""
+        half = (self.img_size[0] / 2) * (self.img_size[1] / 2)
+        c = self.stem_chs
+        return half * (in_chans * c * 49 + 2 * c * c * 9 + c * embed_dim) / 1e9
 
 
 class AdaptiveSparseViT(nn.Module):
-    """DeiT with AS-ViT's learnable-threshold token pruning."""
+    """DeiT or LV-ViT with AS-ViT's learnable-threshold token pruning."""
 
     def __init__(
             self,
@@ -146,6 +196,9 @@ class AdaptiveSparseViT(nn.Module):
             prune_mode: str = 'per_image',
             keep_ratio: float = 0.7,
             budget_weight: float = 2.0,
+            lvvit: bool = False,
+            skip_lam: float = 1.,
+            norm_eps: float = 1e-6,
             kernel_impl: Optional[str] = None,
     ):
         """
@@ -161,6 +214,10 @@ class AdaptiveSparseViT(nn.Module):
             prune_mode: eval pruning: 'per_image', 'batch_topk' (official batched rule) or 'none'.
             keep_ratio: training FLOPs budget as a fraction of the dense model's FLOPs (official base_rate).
             budget_weight: weight of the budget term returned by `aux_loss()` (official ratio_weight).
+            lvvit: LV-ViT structure: convolutional patch embedding, auxiliary token head (eval output
+                head(cls) + 0.5 * max over the kept tokens of aux_head(token)), detailed FLOP count.
+            skip_lam: residual branches are divided by it (LV-ViT: 2).
+            norm_eps: LayerNorm eps (DeiT 1e-6, LV-ViT 1e-5).
             kernel_impl: attention implementation (None: process-wide setting, see layers.config).
         """
         super().__init__()
@@ -179,10 +236,16 @@ class AdaptiveSparseViT(nn.Module):
         self.pruning_loc = tuple(pruning_loc)
         self.prune_mode = prune_mode
         self.keep_ratio, self.budget_weight = keep_ratio, budget_weight
+        self.distilled_training = False
         self._budget_loss = None
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self._train_keep = None
+        self.lvvit = lvvit
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        if lvvit:
+            self.patch_embed = ConvPatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        else:
+            self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.img_size = self.patch_embed.img_size
         self.grid_size = self.patch_embed.grid_size
         num_patches = self.patch_embed.num_patches
@@ -192,11 +255,12 @@ class AdaptiveSparseViT(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], norm_layer,
-                  kernel_impl)
+                  skip_lam, lvvit, kernel_impl)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = (nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()) if lvvit else None
         self.token_pruners = nn.ModuleList([AdaptiveThreshold(t) for t in threshold_init])
         reduction = self.patch_embed.patch_size[0]
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
@@ -219,6 +283,12 @@ class AdaptiveSparseViT(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """LV-ViT distillation (train.py turns it on): training forward returns (class logits, class logits,
+        token logits, token keep mask) so that the loss can add AS-ViT's token-level KL over the kept tokens."""
+        self.distilled_training = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -229,6 +299,8 @@ class AdaptiveSparseViT(nn.Module):
                 raise ValueError(f"global_pool must be 'token' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if self.aux_head is not None:
+            self.aux_head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def dense_flops(self) -> float:
         """GFLOPs of the unpruned model by the official analytic count (the budget loss's reference)."""
@@ -236,6 +308,8 @@ class AdaptiveSparseViT(nn.Module):
         return self._patch_embed_flops() + sum(float(blk.flops(n)) for blk in self.blocks)
 
     def _patch_embed_flops(self) -> float:
+        if self.lvvit:
+            return self.patch_embed.flops(self.in_chans, self.embed_dim)
         p = self.patch_embed.patch_size[0]
         return self.patch_embed.num_patches * self.embed_dim * self.in_chans * p * p / 1e9
 
@@ -297,8 +371,14 @@ class AdaptiveSparseViT(nn.Module):
                 intermediates.append(grid)
         if training:
             self._budget_loss = (flops.mean() - self.dense_flops() * self.keep_ratio).abs()
-        if key_mask is not None:
-            x = x * key_mask[..., None].to(x.dtype)  # padding rows of images that kept fewer tokens
+            self._train_keep = policy[:, 1:].detach()
+        if key_mask is not None and x.shape[1] > 1:
+            # Padding rows become copies of the image's first kept patch token (its class token if it kept none),
+            # so that per-token maxima (LV-ViT's aux head) and any later token reduction see only real tokens.
+            has_tokens = key_mask[:, 1:2].to(torch.long)
+            fill = torch.arange(x.shape[1], device=x.device).expand(B, -1)
+            fill = torch.where(key_mask, fill, has_tokens.expand_as(fill))
+            x = gather_tokens(x, fill)
         return x, intermediates
 
     def forward_intermediates(
@@ -347,13 +427,30 @@ class AdaptiveSparseViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        tokens = x
         if self.global_pool == 'token':
             x = x[:, 0]
         x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        if pre_logits:
+            return x
+        logits = self.head(x)
+        if self.aux_head is not None and self.global_pool == 'token' and self.num_classes > 0:
+            # an image that kept no patch token has only its class token here: it then stands in for them
+            patch = tokens[:, 1:] if tokens.shape[1] > 1 else tokens
+            logits = logits + 0.5 * self.aux_head(patch).amax(dim=1)
+        return logits
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward_distill_targets(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """As a teacher: class-token logits and (LV-ViT) per-token aux logits, (B, classes), (B, N, classes)."""
+        x = self.forward_features(x)
+        return self.head(x[:, 0]), (self.aux_head(x[:, 1:]) if self.aux_head is not None else None)
+
+    def forward(self, x: torch.Tensor):
+        x = self.forward_features(x)
+        if self.training and self.distilled_training and self.aux_head is not None:
+            cls_logits = self.head(self.head_drop(x[:, 0]))
+            return cls_logits, cls_logits, self.aux_head(x[:, 1:]), self._train_keep
+        return self.forward_head(x)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -407,6 +504,8 @@ def _cfg(url: str = '', **kwargs) -> dict:
     }
 
 
+_LVVIT_NOTE = 'LV-ViT (TokenLabeling) base weights, Apache-2.0, to fine-tune from; AS-ViT releases no weights'
+_TOKEN_LABELING = 'https://github.com/zihangJiang/TokenLabeling/releases/download/1.0'
 _BASE_NOTE = 'DeiT base weights (Apache-2.0) to fine-tune from; AS-ViT releases no weights; thresholds keep their init'
 default_cfgs = generate_default_cfgs({
     'asvit_deit_tiny.deit_in1k': _cfg(
@@ -414,6 +513,12 @@ default_cfgs = generate_default_cfgs({
     'asvit_deit_small.deit_in1k': _cfg(
         url='https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth', notes=_BASE_NOTE),
     'asvit_deit_256': _cfg(notes='architecture only (infer.py deit_256): no weights exist'),
+    'asvit_lvvit_s.token_labeling_in1k': _cfg(
+        url=f'{_TOKEN_LABELING}/lvvit_s-26M-224-83.3.pth.tar', crop_pct=0.9, first_conv='patch_embed.conv1',
+        notes=_LVVIT_NOTE),
+    'asvit_lvvit_m.token_labeling_in1k': _cfg(
+        url=f'{_TOKEN_LABELING}/lvvit_m-56M-224-84.0.pth.tar', crop_pct=0.9, first_conv='patch_embed.conv1',
+        notes=_LVVIT_NOTE),
 })
 
 
@@ -433,3 +538,17 @@ def asvit_deit_small(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
 def asvit_deit_256(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
     model_args = dict(embed_dim=256, depth=12, num_heads=4, pruning_loc=(3, 6, 9))
     return _create_asvit('asvit_deit_256', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def asvit_lvvit_s(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    model_args = dict(embed_dim=384, depth=16, num_heads=6, mlp_ratio=3., qkv_bias=False, pruning_loc=(5, 9, 13),
+                      lvvit=True, skip_lam=2., norm_eps=1e-5)
+    return _create_asvit('asvit_lvvit_s', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def asvit_lvvit_m(pretrained: bool = False, **kwargs) -> AdaptiveSparseViT:
+    model_args = dict(embed_dim=512, depth=20, num_heads=8, mlp_ratio=3., qkv_bias=False, pruning_loc=(6, 11, 16),
+                      lvvit=True, skip_lam=2., norm_eps=1e-5)
+    return _create_asvit('asvit_lvvit_m', pretrained=pretrained, **dict(model_args, **kwargs))

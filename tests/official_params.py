@@ -7,6 +7,8 @@ OFFICIAL_PARAMS = {
     'asvit_deit_tiny': 5_717_419,
     'asvit_deit_small': 22_050_667,
     'asvit_deit_256': 9_982_187,
+    'asvit_lvvit_s': 26_151_827,
+    'asvit_lvvit_m': 55_830_547,  # official LVViTDiffPruning ctor as infer.py builds lvvit_m, counted here
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,

@@ -147,3 +147,43 @@ def test_train_py_runs_the_asvit_recipe_terms(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line) for line in (tmp_path / 'run' / 'steps.jsonl').read_text().splitlines()]
     assert len(steps) == 2 and all(s['loss'] > 0 for s in steps)
+
+
+def _lvvit_with_thresholds(**kwargs):
+    """LV-ViT-S with deterministic weights and thresholds that prune in stages 2 and 3."""
+    torch.manual_seed(0)
+    model = timm.create_model('asvit_lvvit_s', **kwargs)
+    with torch.no_grad():
+        for pruner, value in zip(model.token_pruners, (0.0, 0.0052, 0.0052)):
+            pruner.keep_threshold.fill_(value)
+    return model
+
+
+def test_lvvit_aux_head_and_batch_independence():
+    model = _lvvit_with_thresholds().eval()
+    x = torch.randn(3, 3, 224, 224)
+    x[1] *= 0.3
+    with torch.no_grad():
+        batched = model(x)
+        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
+        tokens = model.forward_features(x[:1])
+        expected = model.head(tokens[:, 0]) + 0.5 * model.aux_head(tokens[:, 1:]).amax(dim=1)
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(alone[:1], expected)
+    assert tokens.shape[1] - 1 < 196, 'thresholds should prune'
+
+
+def test_lvvit_token_distillation_adds_the_kept_token_kl():
+    from backbones._engine import DistillationLoss
+    student = _lvvit_with_thresholds().train()
+    teacher = _lvvit_with_thresholds(prune_mode='none').eval()
+    student.set_distilled_training(True)
+    x, y = torch.randn(2, 3, 224, 224), torch.tensor([3, 7])
+    outputs = student(x)
+    assert len(outputs) == 4 and outputs[2].shape == (2, 196, 1000) and outputs[3].shape == (2, 196)
+    loss_fn = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, 'soft', alpha=0.5, weighting='add')
+    with_tokens = loss_fn(x, outputs, y)
+    cls_only = loss_fn(x, outputs[:2], y)
+    assert torch.isfinite(with_tokens) and with_tokens > cls_only
+    (with_tokens + student.aux_loss()).backward()
+    assert student.token_pruners[1].keep_threshold.grad is not None
