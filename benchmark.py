@@ -5,6 +5,7 @@
     python benchmark.py 'van*' --compare-impl --batch-sizes 8    # fast vs reference kernels, side by side
     python benchmark.py --all --no-timing --json models.json     # every zoo model, params and FLOPs only
     python benchmark.py --ops                                    # every layers operator, fast vs reference
+    python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
 
 Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
@@ -19,8 +20,10 @@ from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 import layers
-from backbones._profile import count_flops, count_params, resolve_model_names, time_model, time_ops
-from backbones._recipe import create_model_checked, run_cli
+from backbones._profile import (
+    count_flops, count_params, resolve_model_names, sample_photos, time_model, time_ops,
+)
+from backbones._recipe import create_model_checked, parse_kv, run_cli
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -44,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--kernel-impl', default='auto', choices=list(layers.GLOBAL_IMPLS))
     parser.add_argument('--compare-impl', action='store_true',
                         help='time every model with reference and with fast kernels, interleaved, and print the ratio')
+    parser.add_argument('--model-kwargs', nargs='*', default=[], type=parse_kv, help='model args key=value')
+    parser.add_argument('--compare-kwargs', nargs='*', default=None, type=parse_kv,
+                        help='also time the model built with these args (e.g. prune_mode=none), interleaved, and '
+                             'print the ratio')
+    parser.add_argument('--real-images', action='store_true',
+                        help='time on real photographs (scikit-learn sample images) instead of noise')
+    parser.add_argument('--calibrate', action='store_true',
+                        help='token-pruning models: set thresholds on the input batch (of the largest batch size) to '
+                             'the paper\'s keep ratios before counting and timing')
     parser.add_argument('--no-flops', action='store_true')
     parser.add_argument('--no-timing', action='store_true')
     parser.add_argument('--num-threads', type=int, default=None)
@@ -64,13 +76,18 @@ def _fmt(value, spec):
 
 
 def _benchmark_model(name, args, device):
-    model = create_model_checked(name).to(device)
+    model_kwargs = dict(args.model_kwargs)
+    model = create_model_checked(name, **model_kwargs).to(device)
     input_size = model.pretrained_cfg['input_size']
     if args.img_size:
         input_size = (input_size[0], args.img_size, args.img_size)
     base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
+    cfg = model.pretrained_cfg
+    photos = sample_photos(max(args.batch_sizes), input_size, cfg['mean'], cfg['std']) if args.real_images else None
+    if args.calibrate and hasattr(model, 'calibrate_thresholds'):
+        model.calibrate_thresholds(photos if photos is not None else torch.randn(max(args.batch_sizes), *input_size))
     if not args.no_flops:
-        flops = count_flops(model, input_size)
+        flops = count_flops(model, input_size, photos)
         base.update(gmacs=flops['macs'] / 1e9, gflops=flops['flops'] / 1e9)
     rows = []
     if args.no_timing:
@@ -81,20 +98,29 @@ def _benchmark_model(name, args, device):
     if args.torchcompile:
         timed = torch.compile(model, backend=args.torchcompile)
     for batch_size in args.batch_sizes:
+        inputs = photos[:batch_size] if photos is not None else None
         extra = {}
         if args.compare_impl:
-            reference = create_model_checked(name, kernel_impl='reference').to(device)
+            reference = create_model_checked(name, **dict(model_kwargs, kernel_impl='reference')).to(device)
             reference.load_state_dict(model.state_dict())
             extra['reference'] = reference
-            timed = create_model_checked(name, kernel_impl='auto').to(device)
+            timed = create_model_checked(name, **dict(model_kwargs, kernel_impl='auto')).to(device)
             timed.load_state_dict(model.state_dict())
+        if args.compare_kwargs is not None:
+            other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
+            other.load_state_dict(model.state_dict())
+            extra['other'] = other
         result = time_model(timed, batch_size, input_size, device, args.mode, _DTYPES[args.dtype],
-                            args.channels_last, args.iters, args.warmup, extra)
+                            args.channels_last, args.iters, args.warmup, extra, inputs)
         row = dict(base, batch_size=batch_size, mode=args.mode, dtype=args.dtype,
                    kernel_impl='auto' if args.compare_impl else args.kernel_impl, **result['model'])
         if args.compare_impl:
             ref = result['reference']
             row.update(ref_img_per_s=ref['img_per_s'], fast_vs_reference=row['img_per_s'] / ref['img_per_s'])
+        if args.compare_kwargs is not None:
+            other = result['other']
+            row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs),
+                       other_img_per_s=other['img_per_s'], model_vs_other=row['img_per_s'] / other['img_per_s'])
         rows.append(row)
     return rows
 
@@ -130,6 +156,9 @@ def main(argv=None) -> int:
             if args.compare_impl:
                 columns += [('ref img/s', lambda r: f'{r["ref_img_per_s"]:.1f}'),
                             ('fast/ref', lambda r: f'{r["fast_vs_reference"]:.2f}x')]
+            if args.compare_kwargs is not None:
+                columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
+                            ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]
         print(f'{args.device}, {args.mode}, {args.dtype}, {torch.get_num_threads()} threads'
               + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
         _print_table(rows, columns)

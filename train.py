@@ -33,21 +33,9 @@ from backbones._data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards,
 )
 from backbones._engine import DistillationLoss, evaluate, train_one_epoch, unwrap_model, write_jsonl
-from backbones._recipe import create_model_checked, parse_with_config, run_cli
+from backbones._recipe import create_model_checked, parse_kv, parse_with_config, run_cli
 
 _logger = logging.getLogger('train')
-
-
-def _kv_pairs(text: str):
-    key, _, value = text.partition('=')
-    if not _ or not key:
-        raise argparse.ArgumentTypeError(f'expected key=value, got {text!r}')
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    return key, {'true': True, 'false': False, 'none': None}.get(value.lower(), value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--pretrained', action='store_true', help='start from the model\'s released weights')
     group.add_argument('--initial-checkpoint', default='', help='start from this checkpoint file (ours or official)')
     group.add_argument('--num-classes', type=int, default=None, help='classes (default: from the data set)')
-    group.add_argument('--model-kwargs', nargs='*', default=[], type=_kv_pairs, help='extra model args key=value')
+    group.add_argument('--model-kwargs', nargs='*', default=[], type=parse_kv, help='extra model args key=value')
     group.add_argument('--drop', type=float, default=0.0, help='head dropout')
     group.add_argument('--drop-path', type=float, default=None, help='stochastic depth rate')
     group.add_argument('--kernel-impl', default=None, choices=['auto', 'reference'], help='operator implementations')
@@ -132,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--distill-model', default='', help='teacher model name')
     group.add_argument('--distill-pretrained', action='store_true', help='teacher from its released weights')
     group.add_argument('--distill-checkpoint', default='', help='teacher checkpoint file')
-    group.add_argument('--distill-model-kwargs', nargs='*', default=[], type=_kv_pairs,
+    group.add_argument('--distill-model-kwargs', nargs='*', default=[], type=parse_kv,
                        help='extra teacher model args key=value')
     group.add_argument('--distill-alpha', type=float, default=0.5)
     group.add_argument('--distill-tau', type=float, default=1.0)

@@ -12,7 +12,8 @@ import torch
 import layers
 from layers.flops import flop_count
 
-__all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'resolve_model_names', 'time_interleaved',
+__all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'resolve_model_names', 'sample_photos',
+           'time_interleaved',
            'time_model', 'time_ops', 'zoo_models']
 
 
@@ -41,10 +42,14 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: torch.nn.Module, input_size) -> Dict:
-    """MACs of one image at `input_size` (C, H, W), counted on the reference kernels in float32 eval mode."""
+def count_flops(model: torch.nn.Module, input_size, inputs: Optional[torch.Tensor] = None) -> Dict:
+    """MACs of one image at `input_size` (C, H, W), counted on the reference kernels in float32 eval mode.
+
+    `inputs` (one image) replaces the random image, for models whose work depends on the input (token pruning).
+    """
     model = model.eval()
-    x = torch.randn(1, *input_size, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    x = torch.randn(1, *input_size, device=device) if inputs is None else inputs[:1].to(device)
     with layers.kernel_impl('reference'), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # fvcore's tracer triggers torch.jit deprecation warnings
         macs, by_op, unsupported = flop_count(model, x)
@@ -111,14 +116,16 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> Optio
 
 def time_model(model: torch.nn.Module, batch_size: int, input_size, device: torch.device, mode: str = 'infer',
                dtype: torch.dtype = torch.float32, channels_last: bool = False, iters: int = 10, warmup: int = 2,
-               extra: Optional[Dict[str, torch.nn.Module]] = None) -> Dict[str, Dict]:
+               extra: Optional[Dict[str, torch.nn.Module]] = None,
+               inputs: Optional[torch.Tensor] = None) -> Dict[str, Dict]:
     """Latency and throughput of `model` (and of each model in `extra`, interleaved with it) at one batch size.
 
     mode 'infer' times a forward in inference mode; 'train' a forward and backward in train mode.
+    `inputs` replaces the default random batch (e.g. real photos, for input-dependent models).
     bfloat16/float16 run under autocast. Returns name -> dict(latency_ms, img_per_s, peak_mem_mib).
     """
     models = {'model': model, **(extra or {})}
-    x = torch.randn(batch_size, *input_size, device=device)
+    x = torch.randn(batch_size, *input_size, device=device) if inputs is None else inputs.to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
@@ -150,6 +157,25 @@ def time_model(model: torch.nn.Module, batch_size: int, input_size, device: torc
         results[name] = dict(latency_ms=1000 * median, latency_min_ms=1000 * best, img_per_s=batch_size / median,
                              peak_mem_mib=measure_peak_memory(step, device))
     return results
+
+
+def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
+    """A batch of real photographs (scikit-learn's two bundled sample images, 427x640), as a model sees them:
+    resized to the input height and cut into overlapping crops across the width, normalized."""
+    from sklearn.datasets import load_sample_images
+    import torch.nn.functional as F
+    _, h, w = input_size
+    crops = []
+    photos = [torch.from_numpy(img.copy()).permute(2, 0, 1).float().div(255) for img in load_sample_images().images]
+    for i in range(batch_size):
+        photo = photos[i % len(photos)]
+        scale = h / photo.shape[1]
+        photo = F.interpolate(photo[None], scale_factor=scale, mode='bilinear', align_corners=False)[0]
+        steps = max(1, (batch_size + len(photos) - 1) // len(photos))
+        left = int((photo.shape[2] - w) * ((i // len(photos)) / max(1, steps - 1) if steps > 1 else 0.5))
+        crops.append(photo[:, :h, left:left + w])
+    x = torch.stack(crops)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',

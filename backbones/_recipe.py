@@ -10,11 +10,25 @@ import yaml
 
 from ._checkpoint import load_checkpoint_file
 
-__all__ = ['ConfigError', 'apply_config', 'create_model_checked', 'parse_with_config', 'run_cli']
+__all__ = ['ConfigError', 'apply_config', 'create_model_checked', 'parse_kv', 'parse_with_config', 'run_cli']
 
 
 class ConfigError(ValueError):
     """A recipe key or value that the CLI does not accept; the message names it."""
+
+
+def parse_kv(text: str):
+    """argparse type for `key=value` model arguments: ints and floats become numbers, true/false booleans;
+    anything else (including 'none') stays a string."""
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f'expected key=value, got {text!r}')
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, {'true': True, 'false': False}.get(value.lower(), value)
 
 
 def _coerce(action: argparse.Action, key: str, value):

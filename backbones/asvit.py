@@ -48,6 +48,11 @@ Deviations and assumptions:
   positions.
 - The input size is fixed by the position embedding (a clear error names it); build the model with another
   `img_size` and checkpoints are resampled on load.
+- FLOPs: dense (prune_mode='none') fvcore counts are DeiT-Ti/S 1.258/4.608 GMACs (published 1.3/4.6) and
+  LV-ViT-S 6.569 (published 6.6). LV-ViT-M counts 12.70 GMACs although TokenLabeling lists 16.0G for it; our
+  parameter count equals the official constructor's (55,830,547), so the structure is the official one and
+  the gap is in the published figure's counting, which we could not check here. Pruned FLOPs depend on the
+  input and the thresholds: `benchmark.py --real-images --calibrate` counts them at the paper's keep ratios.
 - LV-ViT: the auxiliary head's max runs over the tokens still alive at the end; an image that kept no patch
   token uses its class token there (the official code crashes). MixToken and token labels (TokenLabeling's
   pre-training) are not part of AS-ViT's fine-tuning forward and are not implemented.
@@ -312,6 +317,35 @@ class AdaptiveSparseViT(nn.Module):
             return self.patch_embed.flops(self.in_chans, self.embed_dim)
         p = self.patch_embed.patch_size[0]
         return self.patch_embed.num_patches * self.embed_dim * self.in_chans * p * p / 1e9
+
+    @torch.no_grad()
+    def calibrate_thresholds(self, x: torch.Tensor, keep_ratios: Sequence[float] = (0.7, 0.49, 0.343)) -> List[float]:
+        """Set the keep thresholds so that, over the batch `x`, each stage keeps `keep_ratios` of all patch tokens
+        (cumulative, as the official token_ratio [r, r^2, r^3]). A starting point for fine-tuning at a budget, and
+        how benchmarks put an untrained model at the paper's operating point. Returns the thresholds."""
+        was_training, mode = self.training, self.prune_mode
+        self.eval()
+        self.prune_mode = 'per_image'
+        thresholds = []
+        try:
+            for stage, loc in enumerate(self.pruning_loc):
+                captured = []
+                hook = self.blocks[loc - 1].register_forward_hook(lambda m, args, out: captured.append(out[1]))
+                try:
+                    self.forward_features(x)
+                finally:
+                    hook.remove()
+                scores = captured[0][torch.isfinite(captured[0])].flatten().sort(descending=True).values
+                k = min(max(int(round(keep_ratios[stage] * self.patch_embed.num_patches * x.shape[0])), 1),
+                        scores.numel())
+                below = scores[k] if k < scores.numel() else scores[-1] - 1
+                value = float((scores[k - 1] + below) / 2)
+                self.token_pruners[stage].keep_threshold.fill_(value)
+                thresholds.append(value)
+        finally:
+            self.prune_mode = mode
+            self.train(was_training)
+        return thresholds
 
     def aux_loss(self) -> torch.Tensor:
         """Budget term of the last training forward: weight * |mean per-image GFLOPs - keep_ratio * dense|."""

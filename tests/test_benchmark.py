@@ -89,3 +89,18 @@ def test_unknown_model_is_a_clear_error():
     assert result.returncode == 2 and "Unknown model 'van_b99'" in result.stderr and 'Traceback' not in result.stderr
     result = _run('nothing_like_this*')
     assert result.returncode == 2 and 'nothing_like_this*' in result.stderr
+
+
+def test_compare_kwargs_on_real_photos_with_calibrated_pruning(tmp_path):
+    result = _run('asvit_deit_tiny', '--real-images', '--calibrate', '--compare-kwargs', 'prune_mode=none',
+                  '--batch-sizes', 2, '--iters', 2, '--warmup', 1, '--no-flops', '--json', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / 'out.json').read_text())[0]
+    assert row['other_kwargs'] == 'prune_mode=none' and row['model_vs_other'] > 0
+
+
+def test_sample_photos_are_real_images():
+    from backbones._profile import sample_photos
+    x = sample_photos(3, (3, 224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert x.shape == (3, 3, 224, 224) and -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.2
+    assert not torch.equal(x[0], x[2])  # different crops of the same photo
