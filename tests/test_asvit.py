@@ -193,15 +193,6 @@ def test_calibrate_thresholds_hits_the_keep_ratios():
     model = timm.create_model('asvit_deit_tiny').eval()
     x = torch.randn(4, 3, 224, 224)
     model.calibrate_thresholds(x, keep_ratios=(0.7, 0.49, 0.343))
-    kept = []
-    for i in range(4):
-        counts = []
-        hooks = [model.blocks[b].register_forward_pre_hook(lambda m, a, counts=counts: counts.append(a[0].shape[1] - 1))
-                 for b in model.pruning_loc]
-        with torch.no_grad():
-            model(x[i:i + 1])
-        for h in hooks:
-            h.remove()
-        kept.append(counts)
+    kept = _kept_counts(model, x)
     mean_kept = torch.tensor(kept, dtype=torch.float).mean(dim=0) / 196
     torch.testing.assert_close(mean_kept, torch.tensor([0.7, 0.49, 0.343]), atol=0.01, rtol=0)
