@@ -43,14 +43,15 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def count_flops(model: torch.nn.Module, input_size, inputs: Optional[torch.Tensor] = None) -> Dict:
-    """MACs of one image at `input_size` (C, H, W), counted on the reference kernels in float32 eval mode.
+    """MACs of one image at `input_size` (C, H, W), counted in float32 eval mode on the kernels that count the
+    intrinsic work (`kernel_impl('flops')`: the references, the linear-time form for linear attention).
 
     `inputs` (one image) replaces the random image, for models whose work depends on the input (token pruning).
     """
     model = model.eval()
     device = next(model.parameters()).device
     x = torch.randn(1, *input_size, device=device) if inputs is None else inputs[:1].to(device)
-    with layers.kernel_impl('reference'), torch.no_grad(), warnings.catch_warnings():
+    with layers.kernel_impl('flops'), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter('ignore')  # fvcore's tracer triggers torch.jit deprecation warnings
         macs, by_op, unsupported = flop_count(model, x)
     return dict(macs=macs, flops=2 * macs, by_op=by_op, unsupported=unsupported)
@@ -180,18 +181,20 @@ def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
 
 def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',
              max_cases: Optional[int] = None) -> List[Dict]:
-    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs reference."""
+    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs the first."""
     rows = []
     cases = [c for c in layers.benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
     for case in cases[:max_cases]:
+        baseline = case.impls[0]
         with torch.inference_mode():
-            reference_out = case.run('reference')
+            reference_out = case.run(baseline)
             functions = {impl: (lambda impl=impl: case.run(impl)) for impl in case.impls}
             times = time_interleaved(functions, iters, warmup, torch.device('cpu'))
-            ref_time = min(times['reference'])
+            ref_time = min(times[baseline])
             for impl in case.impls:
                 out = case.run(impl)
-                diff = (out.float() - reference_out.float()).abs().max().item() if torch.is_tensor(out) else None
+                diff = (out.float() - reference_out.float()).abs().max().item() \
+                    if torch.is_tensor(out) and case.same_result else None
                 rows.append(dict(op=case.op, shape=case.shape, impl=impl, ms=1000 * min(times[impl]),
                                  speedup=ref_time / min(times[impl]), max_abs_diff=diff))
     return rows

@@ -10,7 +10,12 @@ from .token_prune import (
     AdaptiveThreshold, attention_with_cls_score, attention_with_cls_score_reference, attention_with_cls_score_sdpa,
     gather_tokens, select_tokens_batch_topk, select_tokens_per_image, straight_through_keep,
 )
+from .linear_attn import (
+    apply_rope, linear_attention, linear_attention_linear, linear_attention_reference, rope_2d, softmax_attention,
+    softmax_attention_reference, softmax_attention_sdpa,
+)
 from . import large_kernel_conv as _large_kernel_conv
+from . import linear_attn as _linear_attn
 from . import token_prune as _token_prune
 
 __all__ = [
@@ -20,11 +25,13 @@ __all__ = [
     'AdaptiveThreshold', 'attention_with_cls_score', 'attention_with_cls_score_reference',
     'attention_with_cls_score_sdpa', 'gather_tokens', 'select_tokens_batch_topk', 'select_tokens_per_image',
     'straight_through_keep',
+    'apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d',
+    'softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_large_kernel_conv, _token_prune)
+_OP_MODULES = (_large_kernel_conv, _linear_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

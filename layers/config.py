@@ -9,7 +9,9 @@ one or more fast ones. Which one runs is decided, in order, by:
 3. `'auto'`: the first implementation, in the operator's priority order, that can run on the given
    inputs (the reference is always last and always runs).
 
-The process-wide setting is `'auto'` or `'reference'`. A named implementation that cannot run raises
+The process-wide setting is `'auto'`, `'reference'`, or `'flops'`: the implementation whose traced ops count
+the operator's intrinsic work (the reference, unless the reference is a deliberately naive definition, as the
+quadratic form of linear attention is; benchmark.py counts FLOPs under it). A named implementation that cannot run raises
 `KernelUnavailableError` with every reason; it never silently falls back. Under timm's `exportable` or
 `scriptable` layer config, `'auto'` resolves to the reference, which is export-friendly.
 """
@@ -25,7 +27,7 @@ __all__ = [
     'set_kernel_impl',
 ]
 
-GLOBAL_IMPLS = ('auto', 'reference')
+GLOBAL_IMPLS = ('auto', 'reference', 'flops')
 _ENV_VAR = 'ZOO_KERNEL_IMPL'
 
 # An implementation table: name -> (function, can_use). `can_use(*args, **kwargs)` returns None when the
@@ -49,12 +51,12 @@ _global_impl = _check_global(os.environ.get(_ENV_VAR, 'auto').strip() or 'auto')
 
 
 def get_kernel_impl() -> str:
-    """The process-wide kernel implementation: 'auto' or 'reference'."""
+    """The process-wide kernel implementation: 'auto', 'reference' or 'flops'."""
     return _global_impl
 
 
 def set_kernel_impl(name: str) -> None:
-    """Set the process-wide kernel implementation ('auto' or 'reference')."""
+    """Set the process-wide kernel implementation ('auto', 'reference' or 'flops')."""
     global _global_impl
     _global_impl = _check_global(name)
 
@@ -70,19 +72,23 @@ def kernel_impl(name: str) -> Iterator[None]:
         set_kernel_impl(previous)
 
 
-def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, **kwargs) -> Callable:
+def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flops_impl: str = 'reference',
+                 **kwargs) -> Callable:
     """Pick the implementation of `op_name` to run on these inputs.
 
     Args:
         op_name: operator name, for error messages.
         impls: the operator's implementation table, in 'auto' priority order, ending with 'reference'.
-        impl: None (use the process-wide setting), 'auto', 'reference' or a name from `impls`.
+        impl: None (use the process-wide setting), 'auto', 'reference', 'flops' or a name from `impls`.
         *args, **kwargs: the operator's inputs, passed to each `can_use` check.
+        flops_impl: the implementation that 'flops' selects for this operator.
 
     Returns:
         The implementation function.
     """
     name = get_kernel_impl() if impl is None else impl
+    if name == 'flops':
+        name = flops_impl
     if name == 'auto':
         if is_exportable() or is_scriptable():
             return impls['reference'][0]
@@ -112,10 +118,11 @@ class OpCase:
     """One operator benchmark case at a backbone-stage shape, for `benchmark.py --ops`.
 
     `run(impl)` executes the operator once with implementation `impl` on inputs prepared beforehand;
-    `impls` lists the implementations to time (reference first).
+    `impls` lists the implementations to time, the baseline first (the reference, or for a comparison of two
+    different operators such as linear vs softmax attention, `same_result=False`, the one compared against).
     """
     op: str
     shape: str
     run: Callable[[str], object]
     impls: List[str]
-    backward: Optional[Callable[[str], object]] = None
+    same_result: bool = True

@@ -1,7 +1,8 @@
 """fvcore FLOP (MAC) counting with handles for the ops fvcore skips or miscounts.
 
 fvcore reports multiply-accumulates and calls them flops; so do we here (`macs`), and benchmark.py prints
-GFLOPs = 2 x GMACs beside them. Count on the reference kernels (`layers.kernel_impl('reference')`): they are
+GFLOPs = 2 x GMACs beside them. Count under `layers.kernel_impl('flops')` (the reference kernels, or the
+linear-time form for linear attention, whose reference is the quadratic definition): they are
 traceable and their einsum/matmul/conv nodes count exactly the useful work, while fused or sparse paths
 either hide in one node or do not trace at all (design/kernels.md section 4).
 

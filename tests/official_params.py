@@ -3,6 +3,11 @@
 Test data, kept apart from the model code so a model change cannot silently move its own expectation.
 """
 OFFICIAL_PARAMS = {
+    # mala.md section 2
+    'mala_t': 16_449_128,
+    'mala_s': 27_142_568,
+    'mala_b': 49_792_648,
+    'mala_l': 97_766_088,
     # as_vit.md section 2 (deit_256: official VisionTransformerDiffPruning ctor as infer.py builds it, counted here)
     'asvit_deit_tiny': 5_717_419,
     'asvit_deit_small': 22_050_667,
