@@ -5,12 +5,14 @@
     python benchmark.py 'van*' --compare-impl --batch-sizes 8    # fast vs reference kernels, side by side
     python benchmark.py --all --no-timing --json models.json     # every zoo model, params and FLOPs only
     python benchmark.py --ops                                    # every layers operator, fast vs reference
+    python benchmark.py 'lsnet*' --compare-fused --batch-sizes 8                 # BatchNorm folding gain
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
 
 Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
 """
 import argparse
+import copy
 import csv
 import json
 import sys
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-kwargs', nargs='*', default=None, type=parse_kv,
                         help='also time the model built with these args (e.g. prune_mode=none), interleaved, and '
                              'print the ratio')
+    parser.add_argument('--compare-fused', action='store_true',
+                        help='models with fuse() (BatchNorm folding): time the fused copy too, interleaved')
     parser.add_argument('--real-images', action='store_true',
                         help='time on real photographs (scikit-learn sample images) instead of noise')
     parser.add_argument('--calibrate', action='store_true',
@@ -106,6 +110,10 @@ def _benchmark_model(name, args, device):
             extra['reference'] = reference
             timed = create_model_checked(name, **dict(model_kwargs, kernel_impl='auto')).to(device)
             timed.load_state_dict(model.state_dict())
+        if args.compare_fused:
+            if not hasattr(model, 'fuse'):
+                raise ValueError(f'{name} has no fuse() to compare against')
+            extra['fused'] = copy.deepcopy(model).eval().fuse()
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(model.state_dict())
@@ -117,6 +125,9 @@ def _benchmark_model(name, args, device):
         if args.compare_impl:
             ref = result['reference']
             row.update(ref_img_per_s=ref['img_per_s'], fast_vs_reference=row['img_per_s'] / ref['img_per_s'])
+        if args.compare_fused:
+            row.update(fused_img_per_s=result['fused']['img_per_s'],
+                       fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
         if args.compare_kwargs is not None:
             other = result['other']
             row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs),
@@ -156,6 +167,9 @@ def main(argv=None) -> int:
             if args.compare_impl:
                 columns += [('ref img/s', lambda r: f'{r["ref_img_per_s"]:.1f}'),
                             ('fast/ref', lambda r: f'{r["fast_vs_reference"]:.2f}x')]
+            if args.compare_fused:
+                columns += [('fused img/s', lambda r: f'{r["fused_img_per_s"]:.1f}'),
+                            ('fused/unfused', lambda r: f'{r["fused_vs_unfused"]:.2f}x')]
             if args.compare_kwargs is not None:
                 columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]

@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument('--momentum', type=float, default=0.9)
     group.add_argument('--layer-decay', type=float, default=None)
     group.add_argument('--clip-grad', type=float, default=None)
-    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value'])
+    group.add_argument('--clip-mode', default='norm', choices=['norm', 'value', 'agc'],
+                       help="'agc': adaptive gradient clipping (clip-grad is then the ratio)")
     group.add_argument('--sched', default='cosine')
     group.add_argument('--epochs', type=int, default=300)
     group.add_argument('--warmup-epochs', type=int, default=5)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from timm.utils import accuracy, reduce_tensor
+from timm.utils import accuracy, dispatch_clip_grad, reduce_tensor
 
 __all__ = ['DistillationLoss', 'evaluate', 'train_one_epoch', 'unwrap_model']
 
@@ -146,10 +146,7 @@ def train_one_epoch(
                 scaled.backward()
                 if update_now:
                     if args.clip_grad:
-                        if args.clip_mode == 'norm':
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                        else:
-                            torch.nn.utils.clip_grad_value_(model.parameters(), args.clip_grad)
+                        dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
                     optimizer.step()
         loss_detached = loss.detach()
         if args.distributed:

@@ -14,7 +14,10 @@ from .linear_attn import (
     apply_rope, linear_attention, linear_attention_linear, linear_attention_reference, rope_2d, softmax_attention,
     softmax_attention_reference, softmax_attention_sdpa,
 )
+from .conv_norm import ConvNorm, NormLinear, reparameterize
+from .ls_conv import LSConv, LargeKernelPerception, ska, ska_reference, ska_shift
 from . import large_kernel_conv as _large_kernel_conv
+from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
 from . import token_prune as _token_prune
 
@@ -27,11 +30,12 @@ __all__ = [
     'straight_through_keep',
     'apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d',
     'softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa',
+    'ConvNorm', 'NormLinear', 'reparameterize', 'LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_large_kernel_conv, _linear_attn, _token_prune)
+_OP_MODULES = (_large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

@@ -3,6 +3,13 @@
 Test data, kept apart from the model code so a model change cannot silently move its own expectation.
 """
 OFFICIAL_PARAMS = {
+    # lsnet.md section 2 (unfused official constructors)
+    'lsnet_t': 11_409_832,
+    'lsnet_s': 16_146_304,
+    'lsnet_b': 23_313_608,
+    'lsnet_t_distill': 11_795_600,
+    'lsnet_s_distill': 16_596_200,
+    'lsnet_b_distill': 23_827_632,
     # mala.md section 2
     'mala_t': 16_449_128,
     'mala_s': 27_142_568,

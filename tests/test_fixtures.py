@@ -22,6 +22,7 @@ SHARED_REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
 FIXTURE_MODELS = {
     'van_van_b0.json': 'van_b0',
     'mala_MALA_T.json': 'mala_t',
+    'lsnet_lsnet_t.json': 'lsnet_t',
     'as_vit_deit_tiny.json': [
         ('asvit_deit_tiny', {}, 'logits_b1'),  # batch-independent default = the official batch-size-1 result
         ('asvit_deit_tiny', {'prune_mode': 'batch_topk'}, 'logits'),  # the official batched rule

@@ -70,7 +70,9 @@ def test_model_default_cfg(name):
     assert 'pool_size' in cfg, f'{name} pretrained_cfg lacks pool_size (None for token-sequence features)'
     assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
     state_dict = model.state_dict()
-    for module_name in (cfg['classifier'], cfg['first_conv']):
+    def _names(value):
+        return value if isinstance(value, (tuple, list)) else (value,)
+    for module_name in (*_names(cfg['classifier']), *_names(cfg['first_conv'])):
         assert f'{module_name}.weight' in state_dict, f'{module_name} is not a module with a weight'
 
     c, h, w = input_size_for(model, FWD_SIZE)

@@ -1,0 +1,72 @@
+"""Conv + BatchNorm and BatchNorm + Linear blocks that fold into one layer for deployment (reparameterization).
+
+`ConvNorm` is Conv2d (no bias) -> BatchNorm2d; `NormLinear` is BatchNorm1d -> Linear. Each has `fuse()`
+returning the single equivalent layer (eval-mode statistics folded in); `reparameterize(model)` replaces, in
+place and recursively, every child that has a `fuse()` by its fused form.
+    conv:   W' = W * g / sqrt(var + eps),  b' = beta - mean * g / sqrt(var + eps)
+    linear: W' = W * s[None, :],  b' = W (beta - mean * s) + b,  s = g / sqrt(var + eps)
+Fused layers keep the dtype and device of the originals.
+"""
+import torch
+from torch import nn
+
+__all__ = ['ConvNorm', 'NormLinear', 'reparameterize']
+
+
+class ConvNorm(nn.Module):
+    """Conv2d without bias followed by BatchNorm2d."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, padding: int = 0,
+                 groups: int = 1, bn_weight_init: float = 1.):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        conv, bn = self.conv, self.bn
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        return fused
+
+
+class NormLinear(nn.Module):
+    """BatchNorm1d followed by Linear (a classifier head)."""
+
+    def __init__(self, in_features: int, out_features: int, std: float = .02):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_features)
+        self.fc = nn.Linear(in_features, out_features)
+        nn.init.trunc_normal_(self.fc.weight, std=std)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(x))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        bn, fc = self.norm, self.fc
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        fused = nn.Linear(fc.in_features, fc.out_features, device=fc.weight.device, dtype=fc.weight.dtype)
+        fused.weight.copy_(fc.weight * scale[None, :])
+        fused.bias.copy_(fc.weight @ (bn.bias - bn.running_mean * scale) + fc.bias)
+        return fused
+
+
+@torch.no_grad()
+def reparameterize(module: nn.Module) -> nn.Module:
+    """Replace, recursively and in place, every child with a `fuse()` by its fused layer; returns `module`."""
+    for name, child in module.named_children():
+        if hasattr(child, 'fuse'):
+            setattr(module, name, child.fuse())
+        else:
+            reparameterize(child)
+    return module

@@ -1,0 +1,128 @@
+"""LS (large-small) convolution of LSNet: large-kernel perception (LKP) produces per-pixel small kernels that
+small-kernel aggregation (SKA) applies.
+
+Layout: (B, C, H, W).
+
+Operator `ska(x, weight)`: weight (B, G, k * k, H, W) holds a k x k kernel per pixel and weight group; channel c
+uses group c mod G (groups tiled over the channels, as the official Triton kernel):
+    out[n, c, i, j] = sum_{a, b < k} x[n, c, i + a - p, j + b - p] * weight[n, c mod G, a * k + b, i, j],  p = (k - 1) // 2
+with zero padding. The official implementation is a CUDA-only Triton kernel; nothing here needs a build.
+
+Implementations:
+- `reference`: unfold x into its k * k neighbourhoods (a k^2-fold copy), multiply, sum.
+- `shift`: accumulate the k * k taps one shifted view at a time; channels are viewed as (C / G, G) so every
+  tap is one broadcast multiply-add against the weight group, and the k^2-fold copy is never made.
+
+`LSConv(dim)`: BN(SKA(x, LKP(x))) + x with LKP = 1x1 -> dw 7x7 -> 1x1 -> 1x1 (9 * dim / 8 channels) -> GroupNorm.
+"""
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ImplTable, OpCase, resolve_impl
+from .conv_norm import ConvNorm
+
+__all__ = ['LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift']
+
+
+def _check_ska(x: torch.Tensor, weight: torch.Tensor) -> int:
+    if x.ndim != 4 or weight.ndim != 5 or weight.shape[0] != x.shape[0] or weight.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f'ska expects x (B, C, H, W) and weight (B, G, k*k, H, W), got {tuple(x.shape)} and '
+                         f'{tuple(weight.shape)}')
+    k = math.isqrt(int(weight.shape[2]))
+    if k * k != weight.shape[2] or k % 2 == 0 or x.shape[1] % weight.shape[1]:
+        raise ValueError(f'ska needs an odd square kernel and C divisible by G, got {weight.shape[2]} taps, '
+                         f'C={x.shape[1]}, G={weight.shape[1]}')
+    return k
+
+
+def _in_layout_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Outputs follow the input's memory format (channels_last in, channels_last out)."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def ska_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Small-kernel aggregation by unfolding (see the module docstring)."""
+    k = _check_ska(x, weight)
+    B, C, H, W = x.shape
+    groups = weight.shape[1]
+    patches = F.unfold(x, k, padding=(k - 1) // 2).view(B, C, k * k, H, W)
+    channel_group = torch.arange(C, device=x.device) % groups
+    return _in_layout_of((patches * weight[:, channel_group]).sum(dim=2), x)
+
+
+def ska_shift(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Small-kernel aggregation as k * k shifted multiply-adds, without the unfolded copy."""
+    k = _check_ska(x, weight)
+    B, C, H, W = x.shape
+    groups = weight.shape[1]
+    p = (k - 1) // 2
+    padded = F.pad(x, (p, p, p, p)).view(B, C // groups, groups, H + 2 * p, W + 2 * p)
+    out = None
+    for a in range(k):
+        for b in range(k):
+            term = padded[..., a:a + H, b:b + W] * weight[:, None, :, a * k + b]
+            out = term if out is None else out + term
+    return _in_layout_of(out.reshape(B, C, H, W), x)
+
+
+_IMPLS: ImplTable = {
+    'shift': (ska_shift, None),
+    'reference': (ska_reference, None),
+}
+
+
+def ska(x: torch.Tensor, weight: torch.Tensor, impl: Optional[str] = None) -> torch.Tensor:
+    """Per-pixel dynamic k x k aggregation with weight groups tiled over channels; `impl` selects the kernel."""
+    return resolve_impl('ska', _IMPLS, impl, x, weight)(x, weight)
+
+
+class LargeKernelPerception(nn.Module):
+    """LKP: 1x1 -> ReLU -> dw 7x7 -> 1x1 -> ReLU -> 1x1 (9 taps x dim/8 groups) -> GroupNorm (one group per
+    weight group). Returns per-pixel 3x3 kernels (B, dim / 8, 9, H, W)."""
+
+    def __init__(self, dim: int, large_kernel: int = 7, small_kernel: int = 3, groups: int = 8):
+        super().__init__()
+        hidden = dim // 2
+        self.small_kernel = small_kernel
+        self.weight_groups = dim // groups
+        self.cv1 = ConvNorm(dim, hidden)
+        self.act = nn.ReLU()
+        self.cv2 = ConvNorm(hidden, hidden, large_kernel, padding=large_kernel // 2, groups=hidden)
+        self.cv3 = ConvNorm(hidden, hidden)
+        self.cv4 = nn.Conv2d(hidden, small_kernel ** 2 * self.weight_groups, 1)
+        self.norm = nn.GroupNorm(self.weight_groups, small_kernel ** 2 * self.weight_groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.cv3(self.cv2(self.act(self.cv1(x)))))
+        x = self.norm(self.cv4(x))
+        B, _, H, W = x.shape
+        return x.view(B, self.weight_groups, self.small_kernel ** 2, H, W)
+
+
+class LSConv(nn.Module):
+    """LS convolution: "see large" (LKP) to generate kernels, "focus small" (SKA) to apply them; BN; residual."""
+
+    def __init__(self, dim: int, kernel_impl: Optional[str] = None):
+        super().__init__()
+        self.kernel_impl = kernel_impl
+        self.lkp = LargeKernelPerception(dim)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(ska(x, self.lkp(x), impl=self.kernel_impl)) + x
+
+
+def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
+    """SKA at LSNet-T/S/B stage shapes (224 input: 28x28, 14x14, 7x7)."""
+    cases = []
+    for dim, size in ((64, 28), (128, 28), (128, 14), (256, 14), (256, 7), (384, 7)):
+        x = torch.randn(batch_size, dim, size, size)
+        w = torch.randn(batch_size, dim // 8, 9, size, size)
+        cases.append(OpCase('ska', f'B{batch_size} C{dim} {size}x{size} k3', impls=['reference', 'shift'],
+                            run=lambda impl, x=x, w=w: ska(x, w, impl=impl)))
+    return cases
