@@ -78,3 +78,36 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: 
         raise ValueError(
             f'{model_name} has a fixed input size {tuple(img_size)}, got {tuple(x.shape[-2:])}; '
             f'resize the input or build the model with img_size={tuple(x.shape[-2:])}')
+
+
+def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch.Tensor], torch.Tensor],
+                        indices=None, stop_early: bool = False, output_fmt: str = 'NCHW',
+                        intermediates_only: bool = False):
+    """`forward_intermediates` of a stem + `model.stages` network whose stage outputs are the features.
+
+    Returns the selected stage outputs (NCHW), or (final output, outputs) unless `intermediates_only`.
+    """
+    from timm.models._features import feature_take_indices
+    name = type(model).__name__
+    if output_fmt != 'NCHW':
+        raise ValueError(f'{name} produces NCHW features, output_fmt={output_fmt!r} is not supported')
+    check_input_size(x, model.in_chans, model_name=name)
+    take_indices, max_index = feature_take_indices(len(model.stages), indices)
+    x = stem(x)
+    stages = model.stages if torch.jit.is_scripting() or not stop_early else model.stages[:max_index + 1]
+    intermediates = []
+    for i, stage in enumerate(stages):
+        x = stage(x)
+        if i in take_indices:
+            intermediates.append(x)
+    return intermediates if intermediates_only else (x, intermediates)
+
+
+def prune_stages(model: nn.Module, indices=1, prune_head: bool = True):
+    """`prune_intermediate_layers` of a stages network: keep the stages up to the last selected one."""
+    from timm.models._features import feature_take_indices
+    take_indices, max_index = feature_take_indices(len(model.stages), indices)
+    model.stages = model.stages[:max_index + 1]
+    if prune_head:
+        model.reset_classifier(0, '')
+    return take_indices

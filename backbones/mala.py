@@ -41,12 +41,14 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
 from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import linear_attention, rope_2d, softmax_attention
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
+    unwrap_state_dict,
+)
 
 __all__ = ['MAViT']
 
@@ -269,28 +271,11 @@ class MAViT(nn.Module):
             norm: unused (MAViT has no final norm before the head). stop_early: stop after the last selected.
             output_fmt: 'NCHW' only. intermediates_only: return only the intermediates.
         """
-        if output_fmt != 'NCHW':
-            raise ValueError(f'MAViT produces NCHW features, output_fmt={output_fmt!r} is not supported')
-        check_input_size(x, self.in_chans, model_name=type(self).__name__)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self, x, self.stem, indices, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__)

@@ -37,12 +37,14 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get_act_layer, trunc_normal_
 from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import LargeKernelAttention
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
+    unwrap_state_dict,
+)
 
 __all__ = ['VAN']
 
@@ -275,19 +277,7 @@ class VAN(nn.Module):
             output_fmt: 'NCHW' only.
             intermediates_only: return only the list of intermediates.
         """
-        if output_fmt != 'NCHW':
-            raise ValueError(f'VAN produces NCHW features, output_fmt={output_fmt!r} is not supported')
-        check_input_size(x, self.in_chans, model_name=type(self).__name__)
-        intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        for feat_idx, stage in enumerate(stages):
-            x = stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return stage_intermediates(self, x, lambda t: t, indices, stop_early, output_fmt, intermediates_only)
 
     def prune_intermediate_layers(
             self,
@@ -296,11 +286,7 @@ class VAN(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last selected one (and the head): what features_only keeps."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__)
