@@ -5,6 +5,7 @@
     python benchmark.py 'van*' --compare-impl --batch-sizes 8    # fast vs reference kernels, side by side
     python benchmark.py --all --no-timing --json models.json     # every zoo model, params and FLOPs only
     python benchmark.py --ops                                    # every layers operator, fast vs reference
+    python benchmark.py zoo_convit_tiny --compare-model convit_tiny --batch-sizes 8   # vs timm's own ConViT
     python benchmark.py 'lsnet*' --compare-fused --batch-sizes 8                 # BatchNorm folding gain
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-kwargs', nargs='*', default=None, type=parse_kv,
                         help='also time the model built with these args (e.g. prune_mode=none), interleaved, and '
                              'print the ratio')
+    parser.add_argument('--compare-model', default='',
+                        help='time this other registered model (e.g. timm\'s convit_tiny) holding the same weights, '
+                             'interleaved, and print the ratio')
     parser.add_argument('--compare-fused', action='store_true',
                         help='models with fuse() (BatchNorm folding): time the fused copy too, interleaved')
     parser.add_argument('--real-images', action='store_true',
@@ -110,6 +114,13 @@ def _benchmark_model(name, args, device):
             extra['reference'] = reference
             timed = create_model_checked(name, **dict(model_kwargs, kernel_impl='auto')).to(device)
             timed.load_state_dict(model.state_dict())
+        if args.compare_model:
+            rival = create_model_checked(args.compare_model).to(device)
+            try:
+                rival.load_state_dict(model.state_dict())
+            except RuntimeError as e:
+                raise ValueError(f'{args.compare_model} cannot hold the weights of {name}: {str(e).splitlines()[0]}')
+            extra['rival'] = rival
         if args.compare_fused:
             if not hasattr(model, 'fuse'):
                 raise ValueError(f'{name} has no fuse() to compare against')
@@ -125,6 +136,9 @@ def _benchmark_model(name, args, device):
         if args.compare_impl:
             ref = result['reference']
             row.update(ref_img_per_s=ref['img_per_s'], fast_vs_reference=row['img_per_s'] / ref['img_per_s'])
+        if args.compare_model:
+            row.update(rival=args.compare_model, rival_img_per_s=result['rival']['img_per_s'],
+                       model_vs_rival=row['img_per_s'] / result['rival']['img_per_s'])
         if args.compare_fused:
             row.update(fused_img_per_s=result['fused']['img_per_s'],
                        fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
@@ -167,6 +181,9 @@ def main(argv=None) -> int:
             if args.compare_impl:
                 columns += [('ref img/s', lambda r: f'{r["ref_img_per_s"]:.1f}'),
                             ('fast/ref', lambda r: f'{r["fast_vs_reference"]:.2f}x')]
+            if args.compare_model:
+                columns += [('rival', lambda r: r['rival']), ('rival img/s', lambda r: f'{r["rival_img_per_s"]:.1f}'),
+                            ('ours/rival', lambda r: f'{r["model_vs_rival"]:.2f}x')]
             if args.compare_fused:
                 columns += [('fused img/s', lambda r: f'{r["fused_img_per_s"]:.1f}'),
                             ('fused/unfused', lambda r: f'{r["fused_vs_unfused"]:.2f}x')]

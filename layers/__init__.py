@@ -16,6 +16,11 @@ from .linear_attn import (
 )
 from .conv_norm import ConvNorm, NormLinear, reparameterize
 from .ls_conv import LSConv, LargeKernelPerception, ska, ska_reference, ska_shift
+from .gpsa import (
+    GatedPositionalAttention, gated_positional_attention, gated_positional_attention_reference,
+    gated_positional_attention_sdpa, relative_offsets_2d,
+)
+from . import gpsa as _gpsa
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
@@ -31,11 +36,13 @@ __all__ = [
     'apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d',
     'softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa',
     'ConvNorm', 'NormLinear', 'reparameterize', 'LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift',
+    'GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
+    'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
+_OP_MODULES = (_gpsa, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

@@ -3,6 +3,13 @@
 Test data, kept apart from the model code so a model change cannot silently move its own expectation.
 """
 OFFICIAL_PARAMS = {
+    # convit.md section 2 (official constructors; "+" = 64 per head)
+    'zoo_convit_tiny': 5_710_512,
+    'zoo_convit_tiny_plus': 9_972_912,
+    'zoo_convit_small': 27_777_322,
+    'zoo_convit_small_plus': 48_979_882,
+    'zoo_convit_base': 86_540_040,
+    'zoo_convit_base_plus': 153_134_856,
     # lsnet.md section 2 (unfused official constructors)
     'lsnet_t': 11_409_832,
     'lsnet_s': 16_146_304,

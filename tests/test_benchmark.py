@@ -104,3 +104,13 @@ def test_sample_photos_are_real_images():
     x = sample_photos(3, (3, 224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert x.shape == (3, 3, 224, 224) and -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.2
     assert not torch.equal(x[0], x[2])  # different crops of the same photo
+
+
+def test_compare_model_against_timm_with_the_same_weights(tmp_path):
+    result = _run('zoo_convit_tiny', '--compare-model', 'convit_tiny', '--batch-sizes', 1, '--iters', 2,
+                  '--warmup', 1, '--no-flops', '--json', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / 'out.json').read_text())[0]
+    assert row['rival'] == 'convit_tiny' and row['model_vs_rival'] > 0
+    result = _run('zoo_convit_tiny', '--compare-model', 'van_b0', '--batch-sizes', 1, '--iters', 1, '--no-flops')
+    assert result.returncode == 2 and 'cannot hold the weights' in result.stderr

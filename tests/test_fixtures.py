@@ -23,6 +23,7 @@ FIXTURE_MODELS = {
     'van_van_b0.json': 'van_b0',
     'mala_MALA_T.json': 'mala_t',
     'lsnet_lsnet_t.json': 'lsnet_t',
+    'convit_convit_tiny.json': 'zoo_convit_tiny',
     'as_vit_deit_tiny.json': [
         ('asvit_deit_tiny', {}, 'logits_b1'),  # batch-independent default = the official batch-size-1 result
         ('asvit_deit_tiny', {'prune_mode': 'batch_topk'}, 'logits'),  # the official batched rule
@@ -123,3 +124,13 @@ def test_filter_is_a_no_op_on_our_own_checkpoints(fixture_name, tmp_path):
     for (k, a), (k2, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_convit_matches_timm_and_loads_timm_checkpoints():
+    """timm's ConViT is the second reference: our model holding timm's random weights gives timm's logits."""
+    theirs = timm.create_model('convit_tiny').eval()
+    ours = timm.create_model('zoo_convit_tiny', pretrained=True,
+                             pretrained_cfg_overlay=dict(state_dict=theirs.state_dict())).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
