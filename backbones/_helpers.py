@@ -111,3 +111,14 @@ def prune_stages(model: nn.Module, indices=1, prune_head: bool = True):
     if prune_head:
         model.reset_classifier(0, '')
     return take_indices
+
+
+def resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: nn.Module, num_prefix_tokens: int) -> None:
+    """Resize a checkpoint's square absolute `pos_embed` to the model's patch grid, in place (bicubic)."""
+    from timm.layers import resample_abs_pos_embed
+    pos_embed = state_dict.get('pos_embed')
+    if pos_embed is None or pos_embed.shape == model.pos_embed.shape:
+        return
+    old = int(round((pos_embed.shape[1] - num_prefix_tokens) ** 0.5))
+    state_dict['pos_embed'] = resample_abs_pos_embed(pos_embed, list(model.grid_size), [old, old],
+                                                     num_prefix_tokens=num_prefix_tokens)

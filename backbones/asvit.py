@@ -57,7 +57,6 @@ Deviations and assumptions:
   token uses its class token there (the official code crashes). MixToken and token labels (TokenLabeling's
   pre-training) are not part of AS-ViT's fine-tuning forward and are not implemented.
 """
-import math
 from functools import partial
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -66,14 +65,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_
+from timm.layers import DropPath, Mlp, PatchEmbed, to_2tuple, trunc_normal_
 from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk
 from layers import select_tokens_per_image
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, remap_state_dict, resample_pos_embed, unwrap_state_dict,
+)
 
 __all__ = ['AdaptiveSparseViT']
 
@@ -510,11 +511,7 @@ def checkpoint_filter_fn(state_dict: dict, model: AdaptiveSparseViT) -> dict:
         for name, value in model.state_dict().items():
             if name.startswith('token_pruners.'):
                 state_dict[name] = value.detach().clone()
-    pos_embed = state_dict.get('pos_embed')
-    if pos_embed is not None and pos_embed.shape != model.pos_embed.shape:
-        old = int(math.sqrt(pos_embed.shape[1] - 1))
-        state_dict['pos_embed'] = resample_abs_pos_embed(pos_embed, list(model.grid_size), [old, old],
-                                                         num_prefix_tokens=1)
+    resample_pos_embed(state_dict, model, num_prefix_tokens=1)
     check_state_dict_keys(state_dict, model, source='AS-ViT/DeiT checkpoint')
     return state_dict
 

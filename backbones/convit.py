@@ -30,14 +30,13 @@ position embeddings are resampled on load. FLOPs: fvcore counts Ti 1.26, S 5.76,
 official model); the paper's table gives 1/5.4/17G, rounded, and S is 6.6% below our count (the official code
 counts 5.76 too).
 """
-import math
 from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -45,7 +44,7 @@ from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
 from layers import GatedPositionalAttention
-from ._helpers import check_input_size, check_state_dict_keys, unwrap_state_dict
+from ._helpers import check_input_size, check_state_dict_keys, resample_pos_embed, unwrap_state_dict
 
 __all__ = ['ConViT']
 
@@ -250,11 +249,7 @@ def _init_weights(module: nn.Module) -> None:
 def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:
     """Official/timm ConViT checkpoints share our layout: unwrap, resample the position embedding if needed."""
     state_dict = dict(unwrap_state_dict(state_dict))
-    pos_embed = state_dict.get('pos_embed')
-    if pos_embed is not None and pos_embed.shape != model.pos_embed.shape:
-        old = int(math.sqrt(pos_embed.shape[1]))
-        state_dict['pos_embed'] = resample_abs_pos_embed(pos_embed, list(model.grid_size), [old, old],
-                                                         num_prefix_tokens=0)
+    resample_pos_embed(state_dict, model, num_prefix_tokens=0)
     check_state_dict_keys(state_dict, model, source='ConViT checkpoint')
     return state_dict
 

@@ -134,3 +134,16 @@ def test_convit_matches_timm_and_loads_timm_checkpoints():
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name,prefix', [('zoo_convit_tiny', 0), ('asvit_deit_tiny', 1)])
+def test_position_embedding_is_resampled_for_another_image_size(name, prefix):
+    source = timm.create_model(name).state_dict()
+    model = timm.create_model(name, img_size=256, pretrained=True, pretrained_cfg_overlay=dict(state_dict=source))
+    assert model.pos_embed.shape[1] == prefix + 16 * 16
+    # the class-token slot is carried over untouched
+    torch.testing.assert_close(model.pos_embed[:, :prefix], source['pos_embed'][:, :prefix])
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 256, 256)).shape == (1, 1000)
+    with pytest.raises(ValueError, match=r'fixed input size \(256, 256\), got \(224, 224\)'):
+        model(torch.randn(1, 3, 224, 224))
