@@ -20,7 +20,11 @@ from .gpsa import (
     GatedPositionalAttention, gated_positional_attention, gated_positional_attention_reference,
     gated_positional_attention_sdpa, relative_offsets_2d,
 )
+from .halo_attn import (
+    HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, relative_logits_2d,
+)
 from . import gpsa as _gpsa
+from . import halo_attn as _halo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
@@ -38,11 +42,13 @@ __all__ = [
     'ConvNorm', 'NormLinear', 'reparameterize', 'LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift',
     'GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
+    'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
+    'relative_logits_2d',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

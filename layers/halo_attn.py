@@ -1,0 +1,166 @@
+"""Halo attention: blocked local self-attention with a halo and 2-D relative position logits (HaloNet).
+
+Layout: (B, C, H, W) at the module edge; the core works on q (B * heads, blocks, Q, d) against keys/values
+(B * heads, blocks, K, d) where Q = b'^2 query positions of a block (b' = block size / query stride) and
+K = (b + 2 * halo)^2 the block plus its zero-padded halo.
+
+Semantics follow timm's `HaloAttn` (the reference implementation of HaloNet, which has no official code):
+    logits = q k^T * s + rel(q)          (or (q k^T + rel(q)) * s with scale_pos_embed)
+    out    = softmax(logits) v
+rel(q)[i, j] = q_i . (R_h[dy_ij] + R_w[dx_ij]) with learned tables R_h, R_w of 2 * win - 1 offsets.
+Map borders are zero padding (padded keys take part in the softmax with key 0 and value 0, as in timm).
+
+Operator `blocked_attention(q, k, v, bias, scale, bias_scaled)` (the core above, given the relative logits):
+- `reference`: explicit matmul, add, softmax, matmul.
+- `sdpa`: one `scaled_dot_product_attention` call with the relative logits as an additive float mask.
+`HaloAttention` holds timm's parameter names (`q`, `kv`, `pos_embed.height_rel`, `pos_embed.width_rel`), so timm
+checkpoints load as they are.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.layers import make_divisible, trunc_normal_
+
+from .config import ImplTable, OpCase, resolve_impl
+
+__all__ = ['HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
+           'relative_logits_2d']
+
+
+def blocked_attention_reference(q, k, v, bias, scale: float, bias_scaled: bool = False) -> torch.Tensor:
+    """softmax(q k^T * s + bias) v, or softmax((q k^T + bias) * s) v when `bias_scaled`."""
+    logits = q @ k.transpose(-2, -1)
+    logits = (logits + bias) * scale if bias_scaled else logits * scale + bias
+    return logits.softmax(dim=-1) @ v
+
+
+def blocked_attention_sdpa(q, k, v, bias, scale: float, bias_scaled: bool = False) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias * scale if bias_scaled else bias, scale=scale)
+
+
+_IMPLS: ImplTable = {
+    'sdpa': (blocked_attention_sdpa, None),
+    'reference': (blocked_attention_reference, None),
+}
+
+
+def blocked_attention(q, k, v, bias, scale: float, bias_scaled: bool = False,
+                      impl: Optional[str] = None) -> torch.Tensor:
+    """Attention per block with an additive bias; `impl` selects the kernel."""
+    return resolve_impl('blocked_attention', _IMPLS, impl, q, k, v)(q, k, v, bias, scale, bias_scaled)
+
+
+def _rel_logits_1d(q: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """q (N, rows, cols, d), rel (2 * win - 1, d) -> (N, rows, cols, win): logit of each query column c
+    against each window column w, from table row w - c + win - 1.
+
+    NOTE: timm's convention (its skewed-matrix trick): the offset is w - c, not shifted by the halo, so the
+    table's centre row pairs query column c with window column c. Kept for checkpoint compatibility.
+    """
+    win = (rel.shape[0] + 1) // 2
+    cols = q.shape[2]
+    logits = q @ rel.transpose(-2, -1)  # (N, rows, cols, 2 * win - 1)
+    c = torch.arange(cols, device=q.device)[:, None]
+    w = torch.arange(win, device=q.device)[None, :]
+    index = (w - c + win - 1).expand(*logits.shape[:-1], win)
+    return logits.gather(-1, index)
+
+
+def relative_logits_2d(q: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
+                       block: int) -> torch.Tensor:
+    """q (N, block * block, d) in row-major block order -> (N, block * block, win * win) relative logits."""
+    n, _, d = q.shape
+    win = (height_rel.shape[0] + 1) // 2
+    q = q.reshape(n, block, block, d)
+    logits_w = _rel_logits_1d(q, width_rel)  # (n, by, bx, win_x)
+    logits_h = _rel_logits_1d(q.transpose(1, 2), height_rel).transpose(1, 2)  # (n, by, bx, win_y)
+    logits = logits_h[..., :, None] + logits_w[..., None, :]  # (n, by, bx, win_y, win_x)
+    return logits.reshape(n, block * block, win * win)
+
+
+class HaloAttention(nn.Module):
+    """HaloNet's attention layer, timm-compatible (see timm.layers.HaloAttn for the argument conventions).
+
+    Args:
+        dim, dim_out: input/output channels. stride: 1, or 2 (query blocks strided, or average pooling).
+        num_heads, dim_head, qk_ratio: heads and q/k width (dim_head or make_divisible(dim_out * qk_ratio, 8)
+            // num_heads); v width is dim_out // num_heads.
+        block_size, halo_size: query block side and halo width. qkv_bias: bias on q/kv.
+        avg_down: downsample by average pooling rather than strided query blocks.
+        scale_pos_embed: scale the relative logits with q k^T.
+        kernel_impl: blocked-attention implementation (None: process-wide setting).
+    """
+
+    def __init__(self, dim: int, dim_out: Optional[int] = None, feat_size=None, stride: int = 1,
+                 num_heads: int = 8, dim_head: Optional[int] = None, block_size: int = 8, halo_size: int = 3,
+                 qk_ratio: float = 1.0, qkv_bias: bool = False, avg_down: bool = False,
+                 scale_pos_embed: bool = False, kernel_impl: Optional[str] = None):
+        super().__init__()
+        dim_out = dim_out or dim
+        if dim_out % num_heads or stride not in (1, 2):
+            raise ValueError(f'HaloAttention needs dim_out divisible by num_heads and stride 1 or 2, got '
+                             f'dim_out={dim_out}, num_heads={num_heads}, stride={stride}')
+        self.num_heads = num_heads
+        self.dim_head_qk = dim_head or make_divisible(dim_out * qk_ratio, divisor=8) // num_heads
+        self.dim_head_v = dim_out // num_heads
+        self.dim_out_qk, self.dim_out_v = num_heads * self.dim_head_qk, num_heads * self.dim_head_v
+        self.scale = self.dim_head_qk ** -0.5
+        self.scale_pos_embed = scale_pos_embed
+        self.block_size = self.block_size_ds = block_size
+        self.halo_size = halo_size
+        self.win_size = block_size + 2 * halo_size
+        self.kernel_impl = kernel_impl
+        self.block_stride = 1
+        use_avg_pool = False
+        if stride > 1:
+            use_avg_pool = avg_down or block_size % stride != 0
+            self.block_stride = 1 if use_avg_pool else stride
+            self.block_size_ds = block_size // self.block_stride
+        self.q = nn.Conv2d(dim, self.dim_out_qk, 1, stride=self.block_stride, bias=qkv_bias)
+        self.kv = nn.Conv2d(dim, self.dim_out_qk + self.dim_out_v, 1, bias=qkv_bias)
+        self.pos_embed = nn.Module()
+        self.pos_embed.height_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk))
+        self.pos_embed.width_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk))
+        self.pool = nn.AvgPool2d(2, 2) if use_avg_pool else nn.Identity()
+        std = self.q.weight.shape[1] ** -0.5
+        trunc_normal_(self.q.weight, std=std)
+        trunc_normal_(self.kv.weight, std=std)
+        trunc_normal_(self.pos_embed.height_rel, std=self.scale)
+        trunc_normal_(self.pos_embed.width_rel, std=self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        b, bq, halo, win, heads = self.block_size, self.block_size_ds, self.halo_size, self.win_size, self.num_heads
+        if H % b or W % b:
+            raise ValueError(f'HaloAttention needs a feature map divisible by its block size {b}, got {H}x{W}')
+        nh, nw = H // b, W // b
+        q = self.q(x).reshape(B * heads, self.dim_head_qk, nh, bq, nw, bq)
+        q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * heads, nh * nw, bq * bq, self.dim_head_qk)
+        kv = F.pad(self.kv(x), [halo, halo, halo, halo])
+        kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win)
+        kv = kv.reshape(B * heads, self.dim_head_qk + self.dim_head_v, nh * nw, win * win).permute(0, 2, 3, 1)
+        k, v = kv.split([self.dim_head_qk, self.dim_head_v], dim=-1)
+        bias = relative_logits_2d(q.reshape(-1, bq * bq, self.dim_head_qk), self.pos_embed.height_rel,
+                                  self.pos_embed.width_rel, bq).reshape(B * heads, nh * nw, bq * bq, win * win)
+        out = blocked_attention(q, k, v, bias, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
+        out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
+        out = out.reshape(B, self.dim_out_v, nh * bq, nw * bq)
+        return self.pool(out)
+
+
+def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
+    """HaloNet-26t stage shapes at 256: blocks of 8 with halo 2 (win 12), 8 heads."""
+    cases = []
+    for dim, size in ((256, 32), (512, 16)):
+        layer = HaloAttention(dim, num_heads=8, block_size=8, halo_size=2).eval()
+        x = torch.randn(batch_size, dim, size, size)
+
+        def run(impl, layer=layer, x=x):
+            layer.kernel_impl = impl
+            return layer(x)
+        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2', impls=['reference', 'sdpa'],
+                            run=run))
+    return cases
