@@ -159,9 +159,12 @@ def main(argv=None) -> int:
     if args.ops:
         rows = time_ops(args.batch_sizes[-1], args.iters, args.warmup, args.ops_filter, args.ops_max_cases)
         print(f'layers operators, batch {args.batch_sizes[-1]}, float32, {torch.get_num_threads()} threads, '
-              f'min of {args.iters} interleaved calls; speedup = time of the first impl listed / impl time')
+              f'min of {args.iters} interleaved calls; speedup = time of the first impl listed / impl time; '
+              'peak MiB = most memory one call holds allocated at once (profiler), mem/first = its ratio to the first')
         _print_table(rows, [('op', lambda r: r['op']), ('shape', lambda r: r['shape']), ('impl', lambda r: r['impl']),
                             ('ms', lambda r: f'{r["ms"]:.2f}'), ('speedup', lambda r: f'{r["speedup"]:.2f}x'),
+                            ('peak MiB', lambda r: f'{r["peak_mib"]:.1f}'),
+                            ('mem/first', lambda r: _fmt(r['mem_ratio'], '.2f')),
                             ('max|diff|', lambda r: _fmt(r['max_abs_diff'], '.1e'))])
     else:
         if not args.models and not args.all:

@@ -62,13 +62,15 @@ def check_state_dict_keys(state_dict: Dict[str, torch.Tensor], model: nn.Module,
             + '. Is it a checkpoint of a different variant or family?')
 
 
-def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: str = 'model') -> None:
+def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: str = 'model',
+                     min_size=None) -> None:
     """Raise a ValueError naming the expected and given input shape.
 
     Args:
         x: input batch, (B, C, H, W).
         in_chans: channels the model was built for.
         img_size: (H, W) for fixed-size models, None for models that take any size.
+        min_size: (H, W), the smallest input the model takes, or None.
     """
     if x.ndim != 4:
         raise ValueError(f'{model_name} expects a batch of images (B, C, H, W), got a tensor of shape {tuple(x.shape)}')
@@ -78,6 +80,9 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: 
         raise ValueError(
             f'{model_name} has a fixed input size {tuple(img_size)}, got {tuple(x.shape[-2:])}; '
             f'resize the input or build the model with img_size={tuple(x.shape[-2:])}')
+    if min_size is not None and (x.shape[-2] < min_size[0] or x.shape[-1] < min_size[1]):
+        raise ValueError(f'{model_name} needs inputs of at least {min_size[0]}x{min_size[1]}, '
+                         f'got {x.shape[-2]}x{x.shape[-1]}; resize the input')
 
 
 def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch.Tensor], torch.Tensor],

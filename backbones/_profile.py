@@ -12,9 +12,8 @@ import torch
 import layers
 from layers.flops import flop_count
 
-__all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'resolve_model_names', 'sample_photos',
-           'time_interleaved',
-           'time_model', 'time_ops', 'zoo_models']
+__all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'peak_allocated_mib', 'resolve_model_names',
+           'sample_photos', 'time_interleaved', 'time_model', 'time_ops', 'zoo_models']
 
 
 def zoo_models() -> List[str]:
@@ -115,6 +114,21 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> Optio
     return max(0, peak - before) / 1024
 
 
+def peak_allocated_mib(fn: Callable[[], object]) -> float:
+    """Peak of the bytes that `fn` itself holds allocated at once on the CPU (MiB), from the profiler's allocation
+    events: exact and independent of the allocator's caching, unlike the RSS that `measure_peak_memory` reads."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2 ** 20
+
+
 def time_model(model: torch.nn.Module, batch_size: int, input_size, device: torch.device, mode: str = 'infer',
                dtype: torch.dtype = torch.float32, channels_last: bool = False, iters: int = 10, warmup: int = 2,
                extra: Optional[Dict[str, torch.nn.Module]] = None,
@@ -181,20 +195,26 @@ def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
 
 def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',
              max_cases: Optional[int] = None) -> List[Dict]:
-    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs the first."""
+    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs the first.
+
+    Also the peak memory each implementation allocates during one call (`peak_allocated_mib`) and its ratio to the
+    first's. Cases run without autograd unless the case itself enables it (the forward+backward cases).
+    """
     rows = []
     cases = [c for c in layers.benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
     for case in cases[:max_cases]:
         baseline = case.impls[0]
-        with torch.inference_mode():
+        with torch.no_grad():
             reference_out = case.run(baseline)
             functions = {impl: (lambda impl=impl: case.run(impl)) for impl in case.impls}
             times = time_interleaved(functions, iters, warmup, torch.device('cpu'))
             ref_time = min(times[baseline])
+            peaks = {impl: peak_allocated_mib(functions[impl]) for impl in case.impls}
             for impl in case.impls:
                 out = case.run(impl)
                 diff = (out.float() - reference_out.float()).abs().max().item() \
                     if torch.is_tensor(out) and case.same_result else None
                 rows.append(dict(op=case.op, shape=case.shape, impl=impl, ms=1000 * min(times[impl]),
-                                 speedup=ref_time / min(times[impl]), max_abs_diff=diff))
+                                 speedup=ref_time / min(times[impl]), max_abs_diff=diff, peak_mib=peaks[impl],
+                                 mem_ratio=peaks[impl] / peaks[baseline] if peaks[baseline] else None))
     return rows

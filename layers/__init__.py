@@ -23,11 +23,16 @@ from .gpsa import (
 from .halo_attn import (
     HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, relative_logits_2d,
 )
+from .routing_attn import (
+    BiLevelRoutingAttention, region_partition, region_reverse, region_route, routed_attention,
+    routed_attention_masked, routed_attention_reference, routed_attention_sdpa,
+)
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
+from . import routing_attn as _routing_attn
 from . import token_prune as _token_prune
 
 __all__ = [
@@ -44,11 +49,13 @@ __all__ = [
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
     'relative_logits_2d',
+    'BiLevelRoutingAttention', 'region_partition', 'region_reverse', 'region_route', 'routed_attention',
+    'routed_attention_masked', 'routed_attention_reference', 'routed_attention_sdpa',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _routing_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

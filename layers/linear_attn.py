@@ -135,7 +135,8 @@ def softmax_attention(q, k, v, scale: float, rope: Optional[Tuple[torch.Tensor, 
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """MALA's stage shapes (fast vs reference), then MALA vs softmax attention (SDPA) at growing token counts."""
+    """MALA's stage shapes (fast vs reference), then linear-time MALA and plain linear attention vs softmax attention
+    (SDPA), all with 2-D RoPE, at growing token counts (14^2 .. 112^2: where the linear form starts to win)."""
     cases = []
     for dim, heads, size in ((64, 1, 56), (128, 2, 28)):
         d = dim // heads
@@ -151,7 +152,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         def run(impl, q=q, k=k, v=v, r=rope):
             if impl == 'softmax (sdpa)':
                 return softmax_attention(q, k, v, 0.125, r, impl='sdpa')
-            return linear_attention(q, k, v, 0.125, r, impl='linear')
-        cases.append(OpCase('MALA vs softmax', f'B1 h2 N{size * size} d64', impls=['softmax (sdpa)', 'MALA (linear)'],
-                            run=run, same_result=False))
+            return linear_attention(q, k, v, 0.125, r, magnitude_aware=impl.startswith('MALA'), impl='linear')
+        cases.append(OpCase('MALA vs softmax', f'B1 h2 N{size * size} d64', run=run, same_result=False,
+                            impls=['softmax (sdpa)', 'MALA (linear)', 'plain linear (linear)']))
     return cases

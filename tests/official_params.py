@@ -28,6 +28,12 @@ OFFICIAL_PARAMS = {
     'asvit_deit_256': 9_982_187,
     'asvit_lvvit_s': 26_151_827,
     'asvit_lvvit_m': 55_830_547,  # official LVViTDiffPruning ctor as infer.py builds lvvit_m, counted here
+    # biformer.md section 2 (official constructors)
+    'biformer_tiny': 13_142_760,
+    'biformer_small': 25_536_232,
+    'biformer_base': 56_804_968,
+    'biformer_stl': 28_372_552,
+    'biformer_stl_nchw': 28_372_552,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,

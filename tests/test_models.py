@@ -133,6 +133,8 @@ def test_model_features_only(name):
 def test_model_forward_intermediates(name):
     model = _create(name).eval()
     c, h, w = input_size_for(model, FEAT_SIZE)
+    stride = max(f['reduction'] for f in model.feature_info)
+    h, w = ceil_div(h, stride) * stride, ceil_div(w, stride) * stride  # floor- and ceil-downsampling nets agree
     x = torch.randn(2, c, h, w)
     with torch.no_grad():
         final, intermediates = model.forward_intermediates(x)
@@ -154,8 +156,9 @@ def test_model_any_input_size(name):
     model = _create(name).eval()
     if model.pretrained_cfg.get('fixed_input_size', False):
         pytest.skip('fixed input size (see test_errors.py)')
+    min_h, min_w = model.pretrained_cfg.get('min_input_size', (3, 0, 0))[1:]
     with torch.no_grad():
-        out = model(torch.randn(1, 3, 97, 131))
+        out = model(torch.randn(1, 3, 97 + min_h, 131 + min_w))
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
 
 
