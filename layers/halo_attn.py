@@ -9,6 +9,10 @@ Semantics follow timm's `HaloAttn` (the reference implementation of HaloNet, whi
     out    = softmax(logits) v
 rel(q)[i, j] = q_i . (R_h[dy_ij] + R_w[dx_ij]) with learned tables R_h, R_w of 2 * win - 1 offsets.
 Map borders are zero padding (padded keys take part in the softmax with key 0 and value 0, as in timm).
+Maps not divisible by the block size (timm raises) are zero-padded at the bottom/right to whole blocks after the
+q/kv projections, the same zero padding as the halo (padded keys stay unmasked); outputs are cropped to the
+size a stride-1 layer or a strided query gives (H or ceil(H / 2); the average-pooling path halves with floor, as
+timm's does). At divisible sizes nothing changes.
 
 Operator `blocked_attention(q, k, v, bias, scale, bias_scaled)` (the core above, given the relative logits):
 - `reference`: explicit matmul, add, softmax, matmul.
@@ -92,13 +96,15 @@ class HaloAttention(nn.Module):
         avg_down: downsample by average pooling rather than strided query blocks.
         scale_pos_embed: scale the relative logits with q k^T.
         kernel_impl: blocked-attention implementation (None: process-wide setting).
+        device, dtype: where and in what type to create the parameters (timm's builders pass them).
     """
 
     def __init__(self, dim: int, dim_out: Optional[int] = None, feat_size=None, stride: int = 1,
                  num_heads: int = 8, dim_head: Optional[int] = None, block_size: int = 8, halo_size: int = 3,
                  qk_ratio: float = 1.0, qkv_bias: bool = False, avg_down: bool = False,
-                 scale_pos_embed: bool = False, kernel_impl: Optional[str] = None):
+                 scale_pos_embed: bool = False, kernel_impl: Optional[str] = None, device=None, dtype=None):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         dim_out = dim_out or dim
         if dim_out % num_heads or stride not in (1, 2):
             raise ValueError(f'HaloAttention needs dim_out divisible by num_heads and stride 1 or 2, got '
@@ -119,11 +125,11 @@ class HaloAttention(nn.Module):
             use_avg_pool = avg_down or block_size % stride != 0
             self.block_stride = 1 if use_avg_pool else stride
             self.block_size_ds = block_size // self.block_stride
-        self.q = nn.Conv2d(dim, self.dim_out_qk, 1, stride=self.block_stride, bias=qkv_bias)
-        self.kv = nn.Conv2d(dim, self.dim_out_qk + self.dim_out_v, 1, bias=qkv_bias)
+        self.q = nn.Conv2d(dim, self.dim_out_qk, 1, stride=self.block_stride, bias=qkv_bias, **dd)
+        self.kv = nn.Conv2d(dim, self.dim_out_qk + self.dim_out_v, 1, bias=qkv_bias, **dd)
         self.pos_embed = nn.Module()
-        self.pos_embed.height_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk))
-        self.pos_embed.width_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk))
+        self.pos_embed.height_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk, **dd))
+        self.pos_embed.width_rel = nn.Parameter(torch.zeros(self.win_size * 2 - 1, self.dim_head_qk, **dd))
         self.pool = nn.AvgPool2d(2, 2) if use_avg_pool else nn.Identity()
         std = self.q.weight.shape[1] ** -0.5
         trunc_normal_(self.q.weight, std=std)
@@ -134,12 +140,14 @@ class HaloAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         b, bq, halo, win, heads = self.block_size, self.block_size_ds, self.halo_size, self.win_size, self.num_heads
-        if H % b or W % b:
-            raise ValueError(f'HaloAttention needs a feature map divisible by its block size {b}, got {H}x{W}')
-        nh, nw = H // b, W // b
-        q = self.q(x).reshape(B * heads, self.dim_head_qk, nh, bq, nw, bq)
+        nh, nw = -(-H // b), -(-W // b)
+        q = self.q(x)
+        out_h, out_w = q.shape[-2:]
+        if out_h != nh * bq or out_w != nw * bq:
+            q = F.pad(q, [0, nw * bq - out_w, 0, nh * bq - out_h])
+        q = q.reshape(B * heads, self.dim_head_qk, nh, bq, nw, bq)
         q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * heads, nh * nw, bq * bq, self.dim_head_qk)
-        kv = F.pad(self.kv(x), [halo, halo, halo, halo])
+        kv = F.pad(self.kv(x), [halo, halo + nw * b - W, halo, halo + nh * b - H])
         kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win)
         kv = kv.reshape(B * heads, self.dim_head_qk + self.dim_head_v, nh * nw, win * win).permute(0, 2, 3, 1)
         k, v = kv.split([self.dim_head_qk, self.dim_head_v], dim=-1)
@@ -148,6 +156,8 @@ class HaloAttention(nn.Module):
         out = blocked_attention(q, k, v, bias, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
         out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
         out = out.reshape(B, self.dim_out_v, nh * bq, nw * bq)
+        if out_h != nh * bq or out_w != nw * bq:
+            out = out[:, :, :out_h, :out_w]
         return self.pool(out)
 
 

@@ -34,6 +34,23 @@ OFFICIAL_PARAMS = {
     'biformer_base': 56_804_968,
     'biformer_stl': 28_372_552,
     'biformer_stl_nchw': 28_372_552,
+    # halonet.md section 2 (timm's constructors, timm/models/byoanet.py) and the paper's H0-H7 as built in
+    # backbones/halonet.py (paper: 5.5/8.1/9.4/11.8/19.1/30.7/43.4/67.4 M)
+    'zoo_halonet_h0': 5_500_952,
+    'zoo_halonet_h1': 8_100_056,
+    'zoo_halonet_h2': 9_404_312,
+    'zoo_halonet_h3': 11_841_304,
+    'zoo_halonet_h4': 19_101_976,
+    'zoo_halonet_h5': 30_717_272,
+    'zoo_halonet_h6': 43_456_792,
+    'zoo_halonet_h7': 67_433_240,
+    'zoo_halonet26t': 12_480_288,
+    'zoo_sehalonet33ts': 13_691_712,
+    'zoo_halonet50ts': 22_733_280,
+    'zoo_eca_halonext26ts': 10_756_885,
+    'zoo_haloregnetz_b': 11_680_072,
+    'zoo_halo2botnet50ts_256': 22_635_360,
+    'zoo_lamhalobotnet50ts_256': 22_569_824,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,

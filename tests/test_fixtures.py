@@ -22,6 +22,7 @@ SHARED_REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
 FIXTURE_MODELS = {
     'van_van_b0.json': 'van_b0',
     'biformer_biformer_tiny.json': 'biformer_tiny',
+    'halonet_halonet26t.json': 'zoo_halonet26t',
     'mala_MALA_T.json': 'mala_t',
     'lsnet_lsnet_t.json': 'lsnet_t',
     'convit_convit_tiny.json': 'zoo_convit_tiny',

@@ -30,6 +30,18 @@ def test_equals_timm_halo_attn(case, impl):
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-10)
 
 
-def test_map_not_divisible_by_the_block_is_a_clear_error():
-    with pytest.raises(ValueError, match='divisible by its block size 8, got 12x16'):
-        HaloAttention(32, num_heads=2)(torch.randn(1, 32, 12, 16))
+@pytest.mark.parametrize('impl', ['reference', 'sdpa'])
+@pytest.mark.parametrize('stride,block,avg_down', [(1, 8, False), (2, 8, False), (2, 8, True), (2, 7, False)])
+def test_map_not_divisible_by_the_block_is_zero_padded(impl, stride, block, avg_down):
+    """A map of H x W equals the same map zero-padded to whole blocks (q, k, v of zeros: no bias), cropped."""
+    torch.manual_seed(0)
+    layer = HaloAttention(16, num_heads=2, block_size=block, halo_size=2, stride=stride, avg_down=avg_down,
+                          kernel_impl=impl).double().eval()
+    x = torch.randn(2, 16, 19, 23, dtype=torch.float64)
+    padded = torch.nn.functional.pad(x, (0, -23 % block, 0, -19 % block))
+    with torch.no_grad():
+        out, expected = layer(x), layer(padded)
+    pooled = isinstance(layer.pool, torch.nn.AvgPool2d)
+    h, w = (19 // 2, 23 // 2) if pooled else (-(-19 // stride), -(-23 // stride))
+    assert out.shape[-2:] == (h, w)
+    torch.testing.assert_close(out, expected[..., :h, :w], rtol=0, atol=1e-12)
