@@ -17,6 +17,15 @@ timm's does). At divisible sizes nothing changes.
 Operator `blocked_attention(q, k, v, bias, scale, bias_scaled)` (the core above, given the relative logits):
 - `reference`: explicit matmul, add, softmax, matmul.
 - `sdpa`: one `scaled_dot_product_attention` call with the relative logits as an additive float mask.
+Operator `halo_attention_core(q, k, v, height_rel, width_rel, block, scale, bias_scaled)` (the whole core, relative
+logits included):
+- `reference`: relative logits (gather from the tables), then `blocked_attention_reference`.
+- `sdpa`: the same relative logits as a float mask to `scaled_dot_product_attention`.
+- `onehot`: no bias tensor at all. The relative logit of query (y, x) and key (ky, kx) is
+  a_h[y, ky] + a_w[x, kx] with a_h = q . R_h[ky - y + win - 1] (a (Q, win) table per block, likewise a_w), which is
+  the dot product of [a_h, a_w] with the one-hot code [e(ky), e(kx)]. So queries [q * s, a_h, a_w] against keys
+  [k, e(ky), e(kx)] give q k^T s + rel in one unmasked `scaled_dot_product_attention` (scale 1), whose fused kernel
+  never materialises the (Q, K) logits per block.
 `HaloAttention` holds timm's parameter names (`q`, `kv`, `pos_embed.height_rel`, `pos_embed.width_rel`), so timm
 checkpoints load as they are.
 """
@@ -31,7 +40,7 @@ from timm.layers import make_divisible, trunc_normal_
 from .config import ImplTable, OpCase, resolve_impl
 
 __all__ = ['HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
-           'relative_logits_2d']
+           'halo_attention_core', 'relative_logits_2d']
 
 
 def blocked_attention_reference(q, k, v, bias, scale: float, bias_scaled: bool = False) -> torch.Tensor:
@@ -73,16 +82,77 @@ def _rel_logits_1d(q: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, index)
 
 
-def relative_logits_2d(q: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
-                       block: int) -> torch.Tensor:
-    """q (N, block * block, d) in row-major block order -> (N, block * block, win * win) relative logits."""
+def _rel_logits_hw(q: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
+                   block: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q (N, block * block, d) -> the row and column parts of the relative logits, (N, by, bx, win) each."""
     n, _, d = q.shape
-    win = (height_rel.shape[0] + 1) // 2
     q = q.reshape(n, block, block, d)
     logits_w = _rel_logits_1d(q, width_rel)  # (n, by, bx, win_x)
     logits_h = _rel_logits_1d(q.transpose(1, 2), height_rel).transpose(1, 2)  # (n, by, bx, win_y)
+    return logits_h, logits_w
+
+
+def relative_logits_2d(q: torch.Tensor, height_rel: torch.Tensor, width_rel: torch.Tensor,
+                       block: int) -> torch.Tensor:
+    """q (N, block * block, d) in row-major block order -> (N, block * block, win * win) relative logits."""
+    n = q.shape[0]
+    win = (height_rel.shape[0] + 1) // 2
+    logits_h, logits_w = _rel_logits_hw(q, height_rel, width_rel, block)
     logits = logits_h[..., :, None] + logits_w[..., None, :]  # (n, by, bx, win_y, win_x)
     return logits.reshape(n, block * block, win * win)
+
+
+def _core_with_bias(q, k, v, height_rel, width_rel, block: int, scale: float, bias_scaled: bool, impl: str):
+    N, nb, Q, d = q.shape
+    bias = relative_logits_2d(q.reshape(N * nb, Q, d), height_rel, width_rel, block).reshape(N, nb, Q, -1)
+    return blocked_attention(q, k, v, bias, scale, bias_scaled, impl=impl)
+
+
+def halo_attention_core_reference(q, k, v, height_rel, width_rel, block: int, scale: float,
+                                  bias_scaled: bool = False) -> torch.Tensor:
+    """Halo attention per block with the relative logits written out (see the module docstring).
+
+    Args:
+        q: (N, blocks, block * block, d) queries, row-major inside a block. k: (N, blocks, win * win, d) and
+            v: (N, blocks, win * win, dv), the block's window, row-major. height_rel, width_rel: (2 * win - 1, d).
+        block: query block side. scale: logit scale. bias_scaled: scale the relative logits too.
+    """
+    return _core_with_bias(q, k, v, height_rel, width_rel, block, scale, bias_scaled, 'reference')
+
+
+def halo_attention_core_sdpa(q, k, v, height_rel, width_rel, block: int, scale: float,
+                             bias_scaled: bool = False) -> torch.Tensor:
+    return _core_with_bias(q, k, v, height_rel, width_rel, block, scale, bias_scaled, 'sdpa')
+
+
+def halo_attention_core_onehot(q, k, v, height_rel, width_rel, block: int, scale: float,
+                               bias_scaled: bool = False) -> torch.Tensor:
+    N, nb, Q, d = q.shape
+    win = (height_rel.shape[0] + 1) // 2
+    logits_h, logits_w = _rel_logits_hw(q.reshape(N * nb, Q, d), height_rel, width_rel, block)
+    rel_scale = scale if bias_scaled else 1.0
+    q_aug = torch.cat([q * scale, (logits_h * rel_scale).reshape(N, nb, Q, win),
+                       (logits_w * rel_scale).reshape(N, nb, Q, win)], dim=-1)
+    eye = torch.eye(win, dtype=k.dtype, device=k.device)
+    code = torch.cat([eye[:, None, :].expand(win, win, win), eye[None, :, :].expand(win, win, win)], dim=-1)
+    k_aug = torch.cat([k, code.reshape(1, 1, win * win, 2 * win).expand(N, nb, -1, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
+
+
+# 'auto' takes `sdpa`: measured on this CPU at HaloNet-26t shapes (benchmark.py --ops), `onehot` ran at 0.6-0.9x of the
+# reference (its widened head dim falls off PyTorch's fused CPU kernel); it is kept for devices whose kernels take it.
+_CORE_IMPLS: ImplTable = {
+    'sdpa': (halo_attention_core_sdpa, None),
+    'onehot': (halo_attention_core_onehot, None),
+    'reference': (halo_attention_core_reference, None),
+}
+
+
+def halo_attention_core(q, k, v, height_rel, width_rel, block: int, scale: float, bias_scaled: bool = False,
+                        impl: Optional[str] = None) -> torch.Tensor:
+    """Blocked attention with HaloNet's relative logits; `impl` selects the implementation."""
+    fn = resolve_impl('halo_attention_core', _CORE_IMPLS, impl, q, k, v)
+    return fn(q, k, v, height_rel, width_rel, block, scale, bias_scaled)
 
 
 class HaloAttention(nn.Module):
@@ -151,9 +221,8 @@ class HaloAttention(nn.Module):
         kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win)
         kv = kv.reshape(B * heads, self.dim_head_qk + self.dim_head_v, nh * nw, win * win).permute(0, 2, 3, 1)
         k, v = kv.split([self.dim_head_qk, self.dim_head_v], dim=-1)
-        bias = relative_logits_2d(q.reshape(-1, bq * bq, self.dim_head_qk), self.pos_embed.height_rel,
-                                  self.pos_embed.width_rel, bq).reshape(B * heads, nh * nw, bq * bq, win * win)
-        out = blocked_attention(q, k, v, bias, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
+        out = halo_attention_core(q, k, v, self.pos_embed.height_rel, self.pos_embed.width_rel, bq, self.scale,
+                                  self.scale_pos_embed, impl=self.kernel_impl)
         out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
         out = out.reshape(B, self.dim_out_v, nh * bq, nw * bq)
         if out_h != nh * bq or out_w != nw * bq:
@@ -171,6 +240,6 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         def run(impl, layer=layer, x=x):
             layer.kernel_impl = impl
             return layer(x)
-        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2', impls=['reference', 'sdpa'],
-                            run=run))
+        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2',
+                            impls=['reference', 'sdpa', 'onehot'], run=run))
     return cases

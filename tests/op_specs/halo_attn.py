@@ -1,7 +1,9 @@
-"""Test cases for layers/halo_attn.py (blocked attention with an additive relative-position bias)."""
+"""Test cases for layers/halo_attn.py (blocked attention with an additive bias, and the whole halo core with its
+relative logits)."""
 import torch
 
-from layers import blocked_attention, blocked_attention_reference
+from layers import blocked_attention, blocked_attention_reference, halo_attention_core
+from layers.halo_attn import halo_attention_core_reference
 from op_harness import OpSpec
 
 
@@ -24,3 +26,25 @@ SPECS = [
         make_inputs=_inputs,
     ),
 ]
+
+
+def _core_inputs(case, dtype):
+    n, blocks, block, win, d = case['n'], case['blocks'], case['block'], case['win'], case['d']
+    q = torch.randn(n, blocks, block * block, d, dtype=dtype)
+    k = torch.randn(n, blocks, win * win, d, dtype=dtype)
+    v = torch.randn(n, blocks, win * win, case.get('dv', d), dtype=dtype)
+    tables = [torch.randn(2 * win - 1, d, dtype=dtype) * d ** -0.5 for _ in range(2)]
+    return [q, k, v, *tables], dict(block=block, scale=d ** -0.5, bias_scaled=case.get('bias_scaled', False))
+
+
+SPECS.append(OpSpec(
+    name='halo_attention_core', op=halo_attention_core, reference=halo_attention_core_reference,
+    fast_impls=['sdpa', 'onehot'],
+    cases=[
+        dict(n=4, blocks=4, block=8, win=12, d=16),  # halonet26t: blocks of 8, halo 2
+        dict(n=2, blocks=3, block=4, win=12, d=8, dv=12),  # strided queries (8 / 2) in a 12-wide window, dv != d
+        dict(n=2, blocks=2, block=7, win=11, d=8, bias_scaled=True),
+        dict(n=1, blocks=1, block=1, win=3, d=4),
+    ],
+    make_inputs=_core_inputs,
+))
