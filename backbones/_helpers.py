@@ -1,6 +1,6 @@
 """Helpers shared by the family files: checkpoint key remapping and checks, input checks."""
 import re
-from typing import Callable, Dict, Iterable, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -87,32 +87,43 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: 
 
 def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch.Tensor], torch.Tensor],
                         indices=None, stop_early: bool = False, output_fmt: str = 'NCHW',
-                        intermediates_only: bool = False):
+                        intermediates_only: bool = False, final_norm: Optional[Callable] = None, norm: bool = False,
+                        min_size=None):
     """`forward_intermediates` of a stem + `model.stages` network whose stage outputs are the features.
 
+    `final_norm` (the model's norm after the last stage) is applied to the final output when every stage ran, and
+    to the last stage's intermediate when `norm`. `min_size`: the smallest input (H, W), checked with the channels.
     Returns the selected stage outputs (NCHW), or (final output, outputs) unless `intermediates_only`.
     """
     from timm.models._features import feature_take_indices
     name = type(model).__name__
     if output_fmt != 'NCHW':
         raise ValueError(f'{name} produces NCHW features, output_fmt={output_fmt!r} is not supported')
-    check_input_size(x, model.in_chans, model_name=name)
+    check_input_size(x, model.in_chans, model_name=name, min_size=min_size)
     take_indices, max_index = feature_take_indices(len(model.stages), indices)
+    last_index = len(model.stages) - 1
     x = stem(x)
     stages = model.stages if torch.jit.is_scripting() or not stop_early else model.stages[:max_index + 1]
     intermediates = []
     for i, stage in enumerate(stages):
         x = stage(x)
         if i in take_indices:
-            intermediates.append(x)
-    return intermediates if intermediates_only else (x, intermediates)
+            intermediates.append(final_norm(x) if norm and final_norm is not None and i == last_index else x)
+    if intermediates_only:
+        return intermediates
+    if final_norm is not None and len(stages) == len(model.stages):
+        x = final_norm(x)
+    return x, intermediates
 
 
-def prune_stages(model: nn.Module, indices=1, prune_head: bool = True):
-    """`prune_intermediate_layers` of a stages network: keep the stages up to the last selected one."""
+def prune_stages(model: nn.Module, indices=1, prune_head: bool = True, prune_norm: bool = False):
+    """`prune_intermediate_layers` of a stages network: keep the stages up to the last selected one (and drop the
+    final `model.norm` with `prune_norm`)."""
     from timm.models._features import feature_take_indices
     take_indices, max_index = feature_take_indices(len(model.stages), indices)
     model.stages = model.stages[:max_index + 1]
+    if prune_norm:
+        model.norm = nn.Identity()
     if prune_head:
         model.reset_classifier(0, '')
     return take_indices

@@ -54,12 +54,13 @@ from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
 from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import GLOBAL_IMPLS, BiLevelRoutingAttention, softmax_attention
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['BiFormer']
 
@@ -333,23 +334,8 @@ class BiFormer(nn.Module):
             output_fmt: 'NCHW' only.
             intermediates_only: return only the list of intermediates.
         """
-        if output_fmt != 'NCHW':
-            raise ValueError(f'BiFormer produces NCHW features, output_fmt={output_fmt!r} is not supported')
-        check_input_size(x, self.in_chans, model_name=type(self).__name__, min_size=self.min_input_size)
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        last_index = len(self.stages) - 1
-        x = self.stem(x)
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index + 1]
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm and i == last_index else x)
-        if intermediates_only:
-            return intermediates
-        if len(stages) == len(self.stages):
-            x = self.norm(x)
-        return x, intermediates
+        return stage_intermediates(self, x, self.stem, indices, stop_early, output_fmt, intermediates_only,
+                                   final_norm=self.norm, norm=norm, min_size=self.min_input_size)
 
     def prune_intermediate_layers(
             self,
@@ -358,13 +344,7 @@ class BiFormer(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last selected one (and the final norm / head): what features_only keeps."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__, min_size=self.min_input_size)

@@ -97,12 +97,15 @@ def region_route(q: torch.Tensor, k: torch.Tensor, topk: int, scale: float,
     return torch.topk(logits, k=topk, dim=-1).indices
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> None:
+def _check_and_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, num_heads: int, scale: float,
+                     route_scale: Optional[float], region_sizes: Optional[torch.Tensor]) -> torch.Tensor:
+    """Validate the region-major inputs and return the routed regions, (N, P, topk)."""
     if q.ndim != 4 or k.shape != q.shape or v.shape[:-1] != q.shape[:-1]:
         raise ValueError('routed_attention expects q, k (N, P, w2, Cqk) and v (N, P, w2, Cv), got '
                          f'{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}')
     if q.shape[-1] % num_heads or v.shape[-1] % num_heads:
         raise ValueError(f'channels ({q.shape[-1]}, {v.shape[-1]}) must be divisible by num_heads={num_heads}')
+    return region_route(q, k, topk, scale if route_scale is None else route_scale, region_sizes)
 
 
 def routed_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, num_heads: int,
@@ -120,10 +123,9 @@ def routed_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     Returns:
         (N, P, w2, Cv) attention output, region-major.
     """
-    _check_qkv(q, k, v, num_heads)
+    idx = _check_and_route(q, k, v, topk, num_heads, scale, route_scale, region_sizes)
     N, P, w2, cq = q.shape
     cv = v.shape[-1]
-    idx = region_route(q, k, topk, scale if route_scale is None else route_scale, region_sizes)
     kv = torch.cat([k, v], dim=-1)
     c = cq + cv
     # a full copy of the routed regions for every query region: (N, P, topk, w2, Cqk + Cv)
@@ -151,10 +153,9 @@ def routed_attention_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t
                             scale: float, route_scale: Optional[float] = None,
                             region_sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Same result as the reference: dense attention over all P * w2 tokens, masked to the routed regions."""
-    _check_qkv(q, k, v, num_heads)
+    idx = _check_and_route(q, k, v, topk, num_heads, scale, route_scale, region_sizes)
     N, P, w2, cq = q.shape
     cv = v.shape[-1]
-    idx = region_route(q, k, topk, scale if route_scale is None else route_scale, region_sizes)
     routed = torch.zeros(N, P, P, dtype=torch.bool, device=q.device).scatter_(2, idx, True)
     mask = routed[:, None, :, None, :, None].expand(N, 1, P, w2, P, w2).reshape(N, 1, P * w2, P * w2)
     q, k, v = (t.reshape(N, P * w2, num_heads, t.shape[-1] // num_heads).transpose(1, 2) for t in (q, k, v))
@@ -166,10 +167,9 @@ def routed_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, top
                           scale: float, route_scale: Optional[float] = None,
                           region_sizes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Same result as the reference: index_select of the routed regions, then fused attention per region."""
-    _check_qkv(q, k, v, num_heads)
+    idx = _check_and_route(q, k, v, topk, num_heads, scale, route_scale, region_sizes)
     N, P, w2, cq = q.shape
     cv = v.shape[-1]
-    idx = region_route(q, k, topk, scale if route_scale is None else route_scale, region_sizes)
     flat_idx = (idx + torch.arange(N, device=idx.device)[:, None, None] * P).reshape(-1)
     # 4-D (batch, heads, tokens, d) strided views: the CPU/GPU fused kernels take them without a copy
     k_sel = k.reshape(N * P, w2, cq).index_select(0, flat_idx).view(N * P, topk * w2, num_heads, cq // num_heads)
