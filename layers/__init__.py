@@ -23,8 +23,13 @@ from .gpsa import (
 from .halo_attn import (
     HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, relative_logits_2d,
 )
+from .kan_attn import (
+    FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_reference,
+    fourier_kan_attention_vectorized,
+)
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
+from . import kan_attn as _kan_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
@@ -44,11 +49,13 @@ __all__ = [
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
     'relative_logits_2d',
+    'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_reference',
+    'fourier_kan_attention_vectorized',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):
