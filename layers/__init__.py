@@ -24,7 +24,7 @@ from .halo_attn import (
     HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, relative_logits_2d,
 )
 from .kan_attn import (
-    FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_reference,
+    FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_dense, fourier_kan_attention_reference,
     fourier_kan_attention_vectorized,
 )
 from . import gpsa as _gpsa
@@ -49,8 +49,8 @@ __all__ = [
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
     'relative_logits_2d',
-    'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_reference',
-    'fourier_kan_attention_vectorized',
+    'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',
+    'fourier_kan_attention_reference', 'fourier_kan_attention_vectorized',
     'benchmark_cases',
 ]
 

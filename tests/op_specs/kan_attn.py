@@ -22,7 +22,7 @@ def _inputs(case, dtype):
 SPECS = [
     OpSpec(
         name='fourier_kan_attention', op=fourier_kan_attention, reference=fourier_kan_attention_reference,
-        fast_impls=['vectorized'],
+        fast_impls=['vectorized', 'dense'],
         cases=[
             dict(b=2, h=3, n=17, d=8, r=5, g=3, base_act='zero'),
             dict(b=1, h=2, n=5, d=4, r=3, g=2, base_act='silu'),  # small: the gradcheck case
