@@ -53,11 +53,13 @@ building with another `img_size` sizes the operators for its token count. `attn_
 authors' softmax baseline (timm's ViT) in the same class, for comparisons. Checkpoints of a plain softmax ViT
 (timm/DeiT layout) load with the KArAt operators at their init, for fine-tuning.
 
-FLOPs: fvcore counts the reference operator (its einsums/matmuls: N^2 r (2G + 1) per head, plus N^2 d for the
-weights times v) and not sin/cos: Tiny G3 1.375, Small G3 4.843, Base G1 17.78 GMACs against the published
-1.425 / 4.941 / 17.847 "GFLOPs" (-3.5% / -2.0% / -0.4%). The published activation figure counts
-L h N^2 r (3G + 1), i.e. G more operations per unit and harmonic (evaluating the argument m x per unit p);
-the shared basis cos(m x), sin(m x) needs them once per score, not r times, and fvcore leaves elementwise work out.
+FLOPs: fvcore counts the operator's definition (the `dense` form, whose matmuls count what the per-row reference
+does: N^2 r (2G + 1) per head, plus N^2 d for the weights times v), not sin/cos: Tiny G3 1.376, Small G3 4.843,
+Base G1 17.784 GMACs against the published 1.425 / 4.941 / 17.847 "GFLOPs" (-3.5% / -2.0% / -0.4%; the
+published totals are MACs in fvcore's sense: the softmax ViT-Tiny's 1.262 is fvcore's 1.258 plus softmax). The
+published activation figure counts L h N^2 r (3G + 1), i.e. G more operations per unit and harmonic (evaluating
+the argument m x per unit p); the shared basis cos(m x), sin(m x) needs them once per score, not r times, and
+fvcore leaves elementwise work out.
 """
 from typing import List, Optional, Tuple, Union
 

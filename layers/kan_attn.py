@@ -6,7 +6,8 @@ head and per key position, so N is fixed when they are built.
 The row-wise softmax of the scores A = scale * q k^T (B, heads, N, N) is replaced, per head and per query row
 a = A[k, :] (length N), by a KAN layer N -> r with Fourier units followed by a linear map r -> N:
 
-    h_p      = sum_q  w_b[p, q] * b(a_q)  +  w_s[p, q] * sum_{m=1..G} (c[p, q, m] cos(m a_q) + c[p, q, G + m] sin(m a_q))
+    h_p      = sum_q  w_b[p, q] * b(a_q)  +  w_s[p, q] * f_pq(a_q),     p = 1..r
+    f_pq(x)  = sum_{m=1..G} (c[p, q, m - 1] cos(m x) + c[p, q, G + m - 1] sin(m x))   (0-based c)
     sigma(a) = W h                         (W: N x r, no bias)
     out[k]   = sum_j sigma(a)_j v_j        (no normalisation: weights may be negative and need not sum to one)
 
@@ -69,8 +70,9 @@ def _check_args(q, k, v, coef, base_weight, scale_weight, proj_weight) -> None:
         raise ValueError(f'the KArAt operator was built for {h_c} heads and N={n_c} tokens, got {heads} heads and '
                          f'N={n} tokens (its units are per key position, so N is fixed)')
     if base_weight.shape != (h_c, r, n_c) or scale_weight.shape != (h_c, r, n_c) or proj_weight.shape != (h_c, n_c, r):
-        raise ValueError(f'expected base_weight and scale_weight ({h_c}, {r}, {n_c}) and proj_weight ({h_c}, {n_c}, {r}), '
-                         f'got {tuple(base_weight.shape)}, {tuple(scale_weight.shape)}, {tuple(proj_weight.shape)}')
+        raise ValueError(f'expected base_weight and scale_weight ({h_c}, {r}, {n_c}) and proj_weight '
+                         f'({h_c}, {n_c}, {r}), got {tuple(base_weight.shape)}, {tuple(scale_weight.shape)}, '
+                         f'{tuple(proj_weight.shape)}')
 
 
 def fourier_kan_attention_reference(q, k, v, coef, base_weight, scale_weight, proj_weight, scale: float,
