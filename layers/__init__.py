@@ -28,8 +28,13 @@ from .routing_attn import (
     BiLevelRoutingAttention, region_partition, region_reverse, region_route, routed_attention,
     routed_attention_masked, routed_attention_reference, routed_attention_sdpa,
 )
+from .kan_attn import (
+    FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_dense, fourier_kan_attention_reference,
+    fourier_kan_attention_vectorized,
+)
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
+from . import kan_attn as _kan_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
@@ -52,11 +57,13 @@ __all__ = [
     'halo_attention_core', 'relative_logits_2d',
     'BiLevelRoutingAttention', 'region_partition', 'region_reverse', 'region_route', 'routed_attention',
     'routed_attention_masked', 'routed_attention_reference', 'routed_attention_sdpa',
+    'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',
+    'fourier_kan_attention_reference', 'fourier_kan_attention_vectorized',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _routing_attn, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv, _routing_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

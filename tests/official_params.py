@@ -51,6 +51,14 @@ OFFICIAL_PARAMS = {
     'zoo_haloregnetz_b': 11_680_072,
     'zoo_halo2botnet50ts_256': 22_635_360,
     'zoo_lamhalobotnet50ts_256': 22_569_824,
+    # karat.md section 3, "our exact count (1000 cls)": no official constructor exists; derived from the nine
+    # published totals as timm ViT + (12 x heads | heads) x r N (2G + 3), r = 12, N = 197
+    'karat_vit_tiny_g3b': 6_483_352,
+    'karat_vit_tiny_g3u': 5_781_244,
+    'karat_vit_small_g3b': 23_582_536,
+    'karat_vit_small_g3u': 22_178_320,
+    'karat_vit_base_g1b': 88_269_736,
+    'karat_vit_base_g1u': 86_709_496,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,
