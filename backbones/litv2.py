@@ -147,7 +147,8 @@ class LITv2Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.downsample is not None:
-            x = self.downsample(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            # contiguous NHWC: a strided map would propagate through the residual adds and cost a copy per op
+            x = self.downsample(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).contiguous()
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.blocks, x)
         return self.blocks(x)
