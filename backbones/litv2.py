@@ -36,9 +36,13 @@ Deviations from the official classification code (none change the function at th
   `scaled_dot_product_attention` (equal to the official matmul/softmax path to float rounding).
 - `drop_path_rate` defaults to 0 as in timm; the official training rates (S 0.2, M 0.3, B 0.5) are in the
   recipes (configs/litv2). The official `qk_scale` is None in every release and is not exposed.
-- FLOPs: fvcore counts 3.68/7.38/13.03 GMACs for S/M/B at 224 and 39.22 for B at 384; the official `flops()`
-  (3.73/7.48/13.19/39.71 G, the published 3.7/7.5/13.2/39.7) also counts LayerNorms, biases and the offset
-  conv as if it had 12 output channels, which fvcore's convention leaves out or counts as built (8 channels).
+- FLOPs (fvcore multiply-adds on the reference kernels, `benchmark.py`): 3.736 / 7.484 / 13.200 G for S / M / B at
+  224 and 39.729 G for B at 384, within 0.1% of the official `flops()` (3.734 / 7.479 / 13.194 / 39.709 G) and
+  the published 3.7 / 7.5 / 13.2 / 39.7 G. Alpha ablation (alpha 0 / 0.2 / 0.4 / 0.5 / 0.7 / 1): 3.967 / 3.882 /
+  3.816 / 3.770 / 3.743 / 3.747 G vs official 3.965 / 3.881 / 3.815 / 3.769 / 3.742 / 3.746 G; the README's
+  3.70 G for alpha 1 is not what the official `flops()` gives for that model (3.746 G).
+- Alpha ablation models (release v1.1, LITv2-S trained with alpha 0 ... 1) are registered as
+  `litv2_s_alpha{0,02,04,05,07,1}`; alpha 0.9's run is the `litv2_s.in1k_alpha_ablation` tag of `litv2_s`.
 """
 from typing import List, Optional, Tuple, Union
 
