@@ -27,7 +27,7 @@ Implementations of `hilo_attention`:
   2-thread wall-clock ratios): the layer is 1.07x its reference at LITv2-S/B stage 3 at 224 (14 x 14 maps) and
   1.0x at stage 4 (7 x 7), 1.8x at LITv2-B-384 stage 3 (24 x 24) and 1.1x at its stage 4. At 224 the attention
   cores are small (SDPA vs matmul + softmax: Lo-Fi 1.08x, Hi-Fi 4-token windows 0.92x, 7 x 7 global 1.08x) and
-  the five projections are 80% of the layer's work, so no faster form of the whole layer exists on CPU there;
+  the five projections take over 80% of the layer's time, so no faster form of the whole layer exists on CPU there;
   the Lo-Fi core at 384 (576 queries x 144 keys) is 4.4x faster with SDPA.
 
 `HiLoAttention` holds the official parameter names (`h_qkv`, `h_proj`, `l_q`, `l_kv`, `l_proj`) and its head
