@@ -18,9 +18,9 @@ Implementations:
   one contraction with the weight. Pure PyTorch, autograd only; the definition of the semantics.
 - `torchvision`: `torchvision.ops.deform_conv2d` (im2col kernels, CPU and CUDA, with a hand-written backward).
   On this CPU (B8, LITv2-S token-merging shapes) it costs the same single-thread CPU time as the reference
-  (0.99-1.11x) and was 2-2.7x faster in 2-thread wall-clock time at the 56 x 56 and 28 x 28 maps (`benchmark.py --ops`). Also tried: gathering
-  whole channel rows from a channels-last map (index_select of (B*L, C) rows per corner, then one GEMM): 1.0-1.3x
-  the reference in CPU time, not kept.
+  (0.99-1.11x) and was 2-2.7x faster in 2-thread wall-clock time at the 56 x 56 and 28 x 28 maps
+  (`benchmark.py --ops`). Also tried: gathering whole channel rows from a channels-last map (index_select of
+  (B * L, C) rows per corner, then one GEMM): 1.0-1.3x the reference in CPU time, not kept.
 
 `DeformConv2dPack` (DCNv1 with its own offset branch `conv_offset`, a same-geometry Conv2d, zero-initialised
 so that it starts as a plain convolution) keeps the parameter names of the DCN packs (`weight`, `bias`,
