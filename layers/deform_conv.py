@@ -69,7 +69,8 @@ def _check_args(x, offset, weight, bias, stride, padding, dilation, mask) -> Tup
         raise ValueError(f'deform_conv2d: offset channels {offset.shape[1]} must be 2 * offset_groups * {kh} * {kw} '
                          f'with offset_groups dividing {C}')
     offset_groups = offset.shape[1] // (2 * kh * kw)
-    out_hw = (_out_size(H, kh, stride[0], padding[0], dilation[0]), _out_size(W, kw, stride[1], padding[1], dilation[1]))
+    out_hw = (_out_size(H, kh, stride[0], padding[0], dilation[0]),
+              _out_size(W, kw, stride[1], padding[1], dilation[1]))
     if offset_groups == 0 or offset.shape[0] != B or tuple(offset.shape[2:]) != out_hw:
         raise ValueError(f'deform_conv2d: offset {tuple(offset.shape)} does not match the output size {out_hw} '
                          f'of input {tuple(x.shape)} (batch {B})')
@@ -225,7 +226,8 @@ class DeformConv2dPack(nn.Module):
                              impl=self.kernel_impl)
 
     def extra_repr(self) -> str:
-        return (f'{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}')
+        return (f'{self.in_chs}, {self.out_chs}, kernel_size={self.kernel_size}, stride={self.stride}, '
+                f'padding={self.padding}, dilation={self.dilation}, groups={self.groups}')
 
 
 class DeformTokenMerge(nn.Module):

@@ -66,7 +66,8 @@ def _check_args(x: torch.Tensor, hifi, lofi, head_dim: int, window_size: int) ->
         raise ValueError(f'hilo_attention needs a window size >= 1, got {window_size}')
     for name, params, proj in (('Hi-Fi', hifi, 2), ('Lo-Fi', lofi, 4)):
         if params is not None and params[proj].shape[0] % head_dim:
-            raise ValueError(f'{name} projection width {params[proj].shape[0]} is not a multiple of head_dim {head_dim}')
+            raise ValueError(
+                f'{name} projection width {params[proj].shape[0]} is not a multiple of head_dim {head_dim}')
 
 
 def _pad_to_window(x: torch.Tensor, window_size: int) -> torch.Tensor:
