@@ -32,9 +32,15 @@ from .kan_attn import (
     FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_dense, fourier_kan_attention_reference,
     fourier_kan_attention_vectorized,
 )
+from .hilo_attn import HiLoAttention, hilo_attention, hilo_attention_reference, hilo_attention_sdpa, hilo_head_split
+from .deform_conv import (
+    DeformConv2dPack, DeformTokenMerge, deform_conv2d, deform_conv2d_reference, deform_conv2d_torchvision,
+)
+from . import deform_conv as _deform_conv
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import kan_attn as _kan_attn
+from . import hilo_attn as _hilo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
@@ -59,11 +65,14 @@ __all__ = [
     'routed_attention_masked', 'routed_attention_reference', 'routed_attention_sdpa',
     'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',
     'fourier_kan_attention_reference', 'fourier_kan_attention_vectorized',
+    'DeformConv2dPack', 'DeformTokenMerge', 'deform_conv2d', 'deform_conv2d_reference', 'deform_conv2d_torchvision',
+    'HiLoAttention', 'hilo_attention', 'hilo_attention_reference', 'hilo_attention_sdpa', 'hilo_head_split',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv, _routing_attn, _token_prune)
+_OP_MODULES = (_deform_conv, _gpsa, _halo_attn, _hilo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv,
+               _routing_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

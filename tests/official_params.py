@@ -59,6 +59,17 @@ OFFICIAL_PARAMS = {
     'karat_vit_small_g3u': 22_178_320,
     'karat_vit_base_g1b': 88_269_736,
     'karat_vit_base_g1u': 86_709_496,
+    # litv2.md section 2 (official LITv2 constructor; alpha ablation: LITv2-S with another alpha)
+    'litv2_s': 27_844_000,
+    'litv2_m': 48_830_368,
+    'litv2_b': 86_520_704,
+    'litv2_b_384': 86_520_704,
+    'litv2_s_alpha0': 28_089_760,
+    'litv2_s_alpha02': 27_844_000,
+    'litv2_s_alpha04': 27_696_544,
+    'litv2_s_alpha05': 27_647_392,
+    'litv2_s_alpha07': 27_696_544,
+    'litv2_s_alpha1': 28_089_760,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,

@@ -25,6 +25,7 @@ FIXTURE_MODELS = {
     'halonet_halonet26t.json': 'zoo_halonet26t',
     'mala_MALA_T.json': 'mala_t',
     'lsnet_lsnet_t.json': 'lsnet_t',
+    'litv2_litv2_s.json': 'litv2_s',
     'convit_convit_tiny.json': 'zoo_convit_tiny',
     'as_vit_deit_tiny.json': [
         ('asvit_deit_tiny', {}, 'logits_b1'),  # batch-independent default = the official batch-size-1 result
