@@ -23,11 +23,18 @@ from .gpsa import (
 from .halo_attn import (
     HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, relative_logits_2d,
 )
+from .neighborhood_attn import (
+    NeighborhoodAttention2d, na2d, na2d_av, na2d_av_blocked, na2d_av_reference, na2d_blocked, na2d_reference,
+    na_rpb_bias, na_window_start,
+)
+from .dynamic_conv import ContMix, contmix, contmix_blocked, contmix_reference
+from . import dynamic_conv as _dynamic_conv
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
+from . import neighborhood_attn as _neighborhood_attn
 from . import token_prune as _token_prune
 
 __all__ = [
@@ -44,11 +51,15 @@ __all__ = [
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
     'relative_logits_2d',
+    'NeighborhoodAttention2d', 'na2d', 'na2d_av', 'na2d_av_blocked', 'na2d_av_reference', 'na2d_blocked',
+    'na2d_reference', 'na_rpb_bias', 'na_window_start',
+    'ContMix', 'contmix', 'contmix_blocked', 'contmix_reference',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _large_kernel_conv, _linear_attn, _ls_conv, _token_prune, _neighborhood_attn,
+               _dynamic_conv)
 
 
 def benchmark_cases(batch_size: int = 8):
