@@ -1,4 +1,4 @@
 """backbone-zoo model families; importing this package registers every model with timm."""
-from . import asvit, convit, lsnet, mala, van
+from . import asvit, convit, lsnet, mala, overlock, van
 
-__all__ = ['asvit', 'convit', 'lsnet', 'mala', 'van']
+__all__ = ['asvit', 'convit', 'lsnet', 'mala', 'overlock', 'van']
