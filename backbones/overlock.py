@@ -41,9 +41,10 @@ Deviations and assumptions (none change the function):
   constructors ignore their kwargs (num_classes, drop_path_rate) and s/b never load weights; ours honour both.
 - Parameter counts are the official constructors' (with the aux head). The published 16/33/56/95 M are the
   deploy models without the aux head (16,453,712 / 33,467,040 / 56,156,452 / 94,942,528 here).
-- FLOPs: fvcore counts 2.72 G (xt) and 5.68 G (t) for the deploy models at 224 vs the published 2.6/5.5 G (+4.5%,
-  +3.3%); the gap is not the aux head or ContMix (0.04 G); the authors' counting setup is unknown (a tracer that
-  skips the custom iGEMM large-kernel conv would undercount by ~0.2 G).
+- FLOPs: fvcore counts 2.717 / 5.677 / 9.941 / 17.169 GMACs for the deploy models (xt/t/s/b) at 224 vs the
+  published 2.6 / 5.5 / 9.7 / 16.7 G (+4.5%, +3.2%, +2.5%, +2.8%; the train layout: 2.893 / 6.054 / 10.532 /
+  18.111). The xt gap is not the aux head (0.3 M) or ContMix's einsums (0.04 G); the authors' counting setup is
+  unknown (a tracer that skips the custom iGEMM large-kernel conv would undercount by ~0.2 G).
 - The dilated branches run through `layers.dilated_dwconv2d` (exact sub-grid fast path); ContMix's aggregation
   through `layers.na2d_av` (blocked dense-tile fast path, or NATTEN's own op if installed). No NATTEN and no
   iGEMM package are needed.
