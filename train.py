@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='extra teacher model args key=value')
     group.add_argument('--distill-alpha', type=float, default=0.5)
     group.add_argument('--distill-tau', type=float, default=1.0)
+    group.add_argument('--aux-loss-ratio', type=float, default=0.4,
+                       help='weight of the auxiliary (deep-supervision) head loss of models that return '
+                            'dict(main=..., aux=...) in training (OverLoCK)')
     group.add_argument('--distill-weighting', default='mix', choices=['mix', 'add'],
                        help="'mix': (1-alpha)*base + alpha*distill (DeiT); 'add': base + alpha*distill (AS-ViT)")
 
@@ -309,7 +312,7 @@ def main(argv=None) -> int:
     else:
         base_criterion = nn.CrossEntropyLoss()
     loss_fn = DistillationLoss(base_criterion, teacher, args.distill_type, args.distill_alpha, args.distill_tau,
-                               args.distill_weighting)
+                               args.distill_weighting, aux_ratio=args.aux_loss_ratio)
 
     manager = CheckpointManager(output, keep_last=args.checkpoint_hist, decreasing=args.eval_metric == 'loss')
     config_record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple,

@@ -1,4 +1,4 @@
 """backbone-zoo model families; importing this package registers every model with timm."""
-from . import asvit, biformer, convit, halonet, karat, litv2, lsnet, mala, van
+from . import asvit, biformer, convit, halonet, karat, litv2, lsnet, mala, overlock, van
 
-__all__ = ['asvit', 'biformer', 'convit', 'halonet', 'karat', 'litv2', 'lsnet', 'mala', 'van']
+__all__ = ['asvit', 'biformer', 'convit', 'halonet', 'karat', 'litv2', 'lsnet', 'mala', 'overlock', 'van']

@@ -36,11 +36,13 @@ class DistillationLoss(nn.Module):
     distillation head) is distilled through its second output; a plain student through its only output. A
     student returning (class_logits, dist_logits, token_logits, token_keep) with a teacher that has
     `forward_distill_targets` also gets the token-level KL over its kept tokens (AS-ViT's LV-ViT recipe).
+    A student returning dict(main=..., aux=...) (deep supervision, OverLoCK) adds aux_ratio * base(aux, target).
     """
 
     def __init__(self, base_criterion: nn.Module, teacher: Optional[nn.Module], kind: str = 'none',
-                 alpha: float = 0.5, tau: float = 1.0, weighting: str = 'mix'):
+                 alpha: float = 0.5, tau: float = 1.0, weighting: str = 'mix', aux_ratio: float = 0.4):
         super().__init__()
+        self.aux_ratio = aux_ratio
         if kind not in ('none', 'soft', 'hard'):
             raise ValueError(f"distillation type must be 'none', 'soft' or 'hard', got {kind!r}")
         if weighting not in ('mix', 'add'):
@@ -51,6 +53,9 @@ class DistillationLoss(nn.Module):
         self.base_criterion, self.teacher, self.kind, self.alpha, self.tau = base_criterion, teacher, kind, alpha, tau
 
     def forward(self, inputs: torch.Tensor, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, dict):  # deep supervision (OverLoCK): loss(main) + aux_ratio * base(aux)
+            return self.forward(inputs, outputs['main'], target) + self.aux_ratio * self.base_criterion(
+                outputs['aux'], target)
         token_logits = token_keep = None
         if isinstance(outputs, (tuple, list)):
             class_logits, dist_logits, *token_outputs = outputs

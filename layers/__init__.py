@@ -37,6 +37,12 @@ from .deform_conv import (
     DeformConv2dPack, DeformTokenMerge, deform_conv2d, deform_conv2d_reference, deform_conv2d_torchvision,
 )
 from . import deform_conv as _deform_conv
+from .neighborhood_attn import (
+    NeighborhoodAttention2d, na2d, na2d_av, na2d_av_blocked, na2d_av_reference, na2d_blocked, na2d_reference,
+    na_rpb_bias, na_window_start,
+)
+from .dynamic_conv import ContMix, contmix, contmix_blocked, contmix_reference
+from . import dynamic_conv as _dynamic_conv
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import kan_attn as _kan_attn
@@ -45,6 +51,7 @@ from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
 from . import routing_attn as _routing_attn
+from . import neighborhood_attn as _neighborhood_attn
 from . import token_prune as _token_prune
 
 __all__ = [
@@ -67,12 +74,15 @@ __all__ = [
     'fourier_kan_attention_reference', 'fourier_kan_attention_vectorized',
     'DeformConv2dPack', 'DeformTokenMerge', 'deform_conv2d', 'deform_conv2d_reference', 'deform_conv2d_torchvision',
     'HiLoAttention', 'hilo_attention', 'hilo_attention_reference', 'hilo_attention_sdpa', 'hilo_head_split',
+    'NeighborhoodAttention2d', 'na2d', 'na2d_av', 'na2d_av_blocked', 'na2d_av_reference', 'na2d_blocked',
+    'na2d_reference', 'na_rpb_bias', 'na_window_start',
+    'ContMix', 'contmix', 'contmix_blocked', 'contmix_reference',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_deform_conv, _gpsa, _halo_attn, _hilo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv,
-               _routing_attn, _token_prune)
+_OP_MODULES = (_deform_conv, _dynamic_conv, _gpsa, _halo_attn, _hilo_attn, _kan_attn, _large_kernel_conv,
+               _linear_attn, _ls_conv, _neighborhood_attn, _routing_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

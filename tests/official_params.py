@@ -70,6 +70,15 @@ OFFICIAL_PARAMS = {
     'litv2_s_alpha05': 27_647_392,
     'litv2_s_alpha07': 27_696_544,
     'litv2_s_alpha1': 28_089_760,
+    # overlock.md section 2 (official constructors incl. the aux head; *_reparam = deploy=True)
+    'overlock_xt': 17_307_272,
+    'overlock_t': 34_990_472,
+    'overlock_s': 58_309_772,
+    'overlock_b': 98_012_968,
+    'overlock_xt_reparam': 16_791_384,
+    'overlock_t_reparam': 33_981_064,
+    'overlock_s_reparam': 56_670_476,
+    'overlock_b_reparam': 95_520_680,
     # van.md section 2
     'van_b0': 4_105_800,
     'van_b1': 13_861_800,
