@@ -32,12 +32,16 @@ from .kan_attn import (
     FourierKArAt, KArAtAttention, fourier_kan_attention, fourier_kan_attention_dense, fourier_kan_attention_reference,
     fourier_kan_attention_vectorized,
 )
+from .reversed_attn import (
+    dependency_mask, reversed_attention, reversed_attention_folded, reversed_attention_reference,
+)
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import kan_attn as _kan_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
+from . import reversed_attn as _reversed_attn
 from . import routing_attn as _routing_attn
 from . import token_prune as _token_prune
 
@@ -59,11 +63,13 @@ __all__ = [
     'routed_attention_masked', 'routed_attention_reference', 'routed_attention_sdpa',
     'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',
     'fourier_kan_attention_reference', 'fourier_kan_attention_vectorized',
+    'dependency_mask', 'reversed_attention', 'reversed_attention_folded', 'reversed_attention_reference',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
-_OP_MODULES = (_gpsa, _halo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv, _routing_attn, _token_prune)
+_OP_MODULES = (_gpsa, _halo_attn, _kan_attn, _large_kernel_conv, _linear_attn, _ls_conv, _reversed_attn, _routing_attn,
+               _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):
