@@ -1,4 +1,4 @@
 """backbone-zoo model families; importing this package registers every model with timm."""
-from . import asvit, biformer, convit, halonet, karat, lsnet, mala, van
+from . import asvit, biformer, convit, dependencyvit, halonet, karat, lsnet, mala, van
 
-__all__ = ['asvit', 'biformer', 'convit', 'halonet', 'karat', 'lsnet', 'mala', 'van']
+__all__ = ['asvit', 'biformer', 'convit', 'dependencyvit', 'halonet', 'karat', 'lsnet', 'mala', 'van']
