@@ -43,6 +43,9 @@ from .neighborhood_attn import (
 )
 from .dynamic_conv import ContMix, contmix, contmix_blocked, contmix_reference
 from . import dynamic_conv as _dynamic_conv
+from .reversed_attn import (
+    dependency_mask, reversed_attention, reversed_attention_folded, reversed_attention_reference,
+)
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import kan_attn as _kan_attn
@@ -50,6 +53,7 @@ from . import hilo_attn as _hilo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
+from . import reversed_attn as _reversed_attn
 from . import routing_attn as _routing_attn
 from . import neighborhood_attn as _neighborhood_attn
 from . import token_prune as _token_prune
@@ -77,12 +81,13 @@ __all__ = [
     'NeighborhoodAttention2d', 'na2d', 'na2d_av', 'na2d_av_blocked', 'na2d_av_reference', 'na2d_blocked',
     'na2d_reference', 'na_rpb_bias', 'na_window_start',
     'ContMix', 'contmix', 'contmix_blocked', 'contmix_reference',
+    'dependency_mask', 'reversed_attention', 'reversed_attention_folded', 'reversed_attention_reference',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
 _OP_MODULES = (_deform_conv, _dynamic_conv, _gpsa, _halo_attn, _hilo_attn, _kan_attn, _large_kernel_conv,
-               _linear_attn, _ls_conv, _neighborhood_attn, _routing_attn, _token_prune)
+               _linear_attn, _ls_conv, _neighborhood_attn, _reversed_attn, _routing_attn, _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):

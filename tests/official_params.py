@@ -10,6 +10,12 @@ OFFICIAL_PARAMS = {
     'zoo_convit_small_plus': 48_979_882,
     'zoo_convit_base': 86_540_040,
     'zoo_convit_base_plus': 153_134_856,
+    # dependencyvit.md section 3: no official constructor exists; the counts of the documented (unofficial PR)
+    # configuration: 12 heads, no class token, qkv without bias, LayerScale, head selector C*H and message
+    # controller C*C/2 + C/2 per block (no biases). Lite adds no parameters.
+    'dependencyvit_tiny': 5_964_712,
+    'dependencyvit_small': 22_987_624,
+    'dependencyvit_lite_tiny': 5_964_712,
     # lsnet.md section 2 (unfused official constructors)
     'lsnet_t': 11_409_832,
     'lsnet_s': 16_146_304,
