@@ -17,10 +17,11 @@ Implementations:
 - `reference`: per tap, explicit bilinear sampling (4 gathered corners with their weights and validity), then
   one contraction with the weight. Pure PyTorch, autograd only; the definition of the semantics.
 - `torchvision`: `torchvision.ops.deform_conv2d` (im2col kernels, CPU and CUDA, with a hand-written backward).
-  On this CPU (B8, LITv2-S token-merging shapes) it costs the same single-thread CPU time as the reference
-  (0.99-1.11x) and was 2-2.7x faster in 2-thread wall-clock time at the 56 x 56 and 28 x 28 maps
-  (`benchmark.py --ops`). Also tried: gathering whole channel rows from a channels-last map (index_select of
-  (B * L, C) rows per corner, then one GEMM): 1.0-1.3x the reference in CPU time, not kept.
+  On this CPU (B8, LITv2 token-merging shapes, a quiet machine, 2 threads, `benchmark.py --ops --ops-filter
+  deform`) it runs at 0.45-0.72x of the reference (single-thread CPU time: 0.99-1.11x), so 'auto' keeps the
+  reference on the CPU and takes torchvision on other devices. Also tried: gathering whole channel rows from a
+  channels-last map (index_select of (B * L, C) rows per corner, then one GEMM): 1.0-1.3x the reference in CPU
+  time, not kept.
 
 `DeformConv2dPack` (DCNv1 with its own offset branch `conv_offset`, a same-geometry Conv2d, zero-initialised
 so that it starts as a plain convolution) keeps the parameter names of the DCN packs (`weight`, `bias`,
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, OpCase, get_kernel_impl, resolve_impl
 
 try:
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
@@ -182,7 +183,12 @@ def deform_conv2d(
         mask: Optional[torch.Tensor] = None,
         impl: Optional[str] = None,
 ) -> torch.Tensor:
-    """Deformable convolution (torchvision semantics); `impl` selects the kernel (see the module docstring)."""
+    """Deformable convolution (torchvision semantics); `impl` selects the kernel (see the module docstring).
+
+    'auto' on the CPU takes the reference: torchvision's CPU kernel measured 0.45-0.72x of it (2 threads).
+    """
+    if (get_kernel_impl() if impl is None else impl) == 'auto' and x.device.type == 'cpu':
+        impl = 'reference'
     fn = resolve_impl('deform_conv2d', _IMPLS, impl, x)
     return fn(x, offset, weight, bias, stride, padding, dilation, mask)
 
