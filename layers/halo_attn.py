@@ -218,8 +218,11 @@ class HaloAttention(nn.Module):
         q = q.reshape(B * heads, self.dim_head_qk, nh, bq, nw, bq)
         q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * heads, nh * nw, bq * bq, self.dim_head_qk)
         kv = F.pad(self.kv(x), [halo, halo + nw * b - W, halo, halo + nh * b - H])
-        kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win)
-        kv = kv.reshape(B * heads, self.dim_head_qk + self.dim_head_v, nh * nw, win * win).permute(0, 2, 3, 1)
+        kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win), a view
+        # one copy straight into (B * heads, blocks, win^2, c) with channels last, so k and v are views whose rows
+        # the fused kernels read without another copy
+        kv = kv.reshape(B, heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 5, 6, 2)
+        kv = kv.reshape(B * heads, nh * nw, win * win, self.dim_head_qk + self.dim_head_v)
         k, v = kv.split([self.dim_head_qk, self.dim_head_v], dim=-1)
         out = halo_attention_core(q, k, v, self.pos_embed.height_rel, self.pos_embed.width_rel, bq, self.scale,
                                   self.scale_pos_embed, impl=self.kernel_impl)
