@@ -139,8 +139,9 @@ def halo_attention_core_onehot(q, k, v, height_rel, width_rel, block: int, scale
     return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
 
 
-# 'auto' takes `sdpa`: measured on this CPU at HaloNet-26t shapes (benchmark.py --ops), `onehot` ran at 0.6-0.9x of the
-# reference (its widened head dim falls off PyTorch's fused CPU kernel); it is kept for devices whose kernels take it.
+# 'auto' takes `sdpa`: measured on this CPU at HaloNet-26t shapes (benchmark.py --ops), `onehot` ran at 0.88-1.12x of
+# the reference against sdpa's 1.11-1.68x (its widened head dim falls off PyTorch's fused CPU kernel); it is kept for
+# devices whose kernels take it.
 _CORE_IMPLS: ImplTable = {
     'sdpa': (halo_attention_core_sdpa, None),
     'onehot': (halo_attention_core_onehot, None),
