@@ -85,6 +85,19 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: 
                          f'got {x.shape[-2]}x{x.shape[-1]}; resize the input')
 
 
+def init_vit_weights(module: nn.Module) -> None:
+    """The DeiT/timm ViT init, applied with `model.apply`: trunc-normal(0.02) Linear weights, zero biases, unit
+    LayerNorms. Other modules (patch-embedding convs, our operators) keep their own init."""
+    from timm.layers import trunc_normal_
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch.Tensor], torch.Tensor],
                         indices=None, stop_early: bool = False, output_fmt: str = 'NCHW',
                         intermediates_only: bool = False, final_norm: Optional[Callable] = None, norm: bool = False,

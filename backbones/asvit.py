@@ -73,7 +73,7 @@ from timm.models._registry import generate_default_cfgs, register_model
 from layers import AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk
 from layers import select_tokens_per_image
 from ._helpers import (
-    check_input_size, check_state_dict_keys, remap_state_dict, resample_pos_embed, unwrap_state_dict,
+    check_input_size, check_state_dict_keys, init_vit_weights, remap_state_dict, resample_pos_embed, unwrap_state_dict,
 )
 
 __all__ = ['AdaptiveSparseViT']
@@ -273,7 +273,7 @@ class AdaptiveSparseViT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -486,16 +486,6 @@ class AdaptiveSparseViT(nn.Module):
             cls_logits = self.head(self.head_drop(x[:, 0]))
             return cls_logits, cls_logits, self.aux_head(x[:, 1:]), self._train_keep
         return self.forward_head(x)
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 _KEY_RULES = ((r'^score_predictor\.(\d+)\.keep_threshold$', r'token_pruners.\1.keep_threshold'),)

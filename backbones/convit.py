@@ -44,7 +44,9 @@ from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
 from layers import GatedPositionalAttention
-from ._helpers import check_input_size, check_state_dict_keys, resample_pos_embed, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
+)
 
 __all__ = ['ConViT']
 
@@ -136,7 +138,7 @@ class ConViT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
         for block in self.blocks:
             if block.use_gpsa:
                 block.attn.local_init()
@@ -234,16 +236,6 @@ class ConViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: ConViT) -> dict:

@@ -70,7 +70,9 @@ from timm.models._features import feature_take_indices
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import dependency_mask, gather_tokens, reversed_attention
-from ._helpers import check_input_size, check_state_dict_keys, resample_pos_embed, unwrap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
+)
 
 __all__ = ['DependencyViT']
 
@@ -245,7 +247,7 @@ class DependencyViT(nn.Module):
         self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
 
         trunc_normal_(self.pos_embed, std=.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -403,16 +405,6 @@ class DependencyViT(nn.Module):
             tree['masks'] = [step['mask'] for step in trace]
             tree['positions'] = [step['position'] for step in trace]
         return tree
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: DependencyViT) -> dict:

@@ -304,7 +304,8 @@ def _paper_model_cfg(name: str) -> dict:
 _TIMM_WEIGHTS = 'https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-attn-weights/'
 default_cfgs = generate_default_cfgs({
     **{f'zoo_halonet_{name}.untrained': _paper_model_cfg(name) for name in _PAPER_HALONETS},
-    'zoo_halonet26t.a1h_in1k': _cfg(url=_TIMM_WEIGHTS + 'halonet26t_a1h_256-3083328c.pth', hf_hub_id='timm/halonet26t.a1h_in1k'),
+    'zoo_halonet26t.a1h_in1k': _cfg(url=_TIMM_WEIGHTS + 'halonet26t_a1h_256-3083328c.pth',
+                                    hf_hub_id='timm/halonet26t.a1h_in1k'),
     'zoo_sehalonet33ts.ra2_in1k': _cfg(url=_TIMM_WEIGHTS + 'sehalonet33ts_256-87e053f9.pth', crop_pct=0.94,
                                        hf_hub_id='timm/sehalonet33ts.ra2_in1k'),
     'zoo_halonet50ts.a1h_in1k': _cfg(url=_TIMM_WEIGHTS + 'halonet50ts_a1h2_256-f3a3daee.pth', crop_pct=0.94,

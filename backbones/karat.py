@@ -75,7 +75,7 @@ from timm.models._registry import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
 from layers import FourierKArAt, KArAtAttention
-from ._helpers import check_input_size, check_state_dict_keys, unwrap_state_dict
+from ._helpers import check_input_size, check_state_dict_keys, init_vit_weights, unwrap_state_dict
 
 __all__ = ['KArAtViT']
 
@@ -185,7 +185,7 @@ class KArAtViT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)  # FourierKArAt initialises its own parameters
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -282,17 +282,6 @@ class KArAtViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-def _init_weights(module: nn.Module) -> None:
-    # FourierKArAt initialises its own parameters (it holds no Linear/LayerNorm)
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 def _is_operator_key(key: str) -> bool:
