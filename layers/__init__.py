@@ -1,7 +1,7 @@
 """Shared operators of backbone-zoo: each with a plain reference implementation and fast ones."""
 from .config import (
-    GLOBAL_IMPLS, KernelUnavailableError, OpCase, get_kernel_impl, kernel_impl, resolve_impl, set_kernel_impl,
-    usable_impls,
+    GLOBAL_IMPLS, KernelUnavailableError, NotPreferred, OpCase, get_kernel_impl, kernel_impl, resolve_impl,
+    set_kernel_impl, usable_impls,
 )
 from .large_kernel_conv import (
     LargeKernelAttention, dilated_dwconv2d, dilated_dwconv2d_reference, dilated_dwconv2d_subgrid,
@@ -59,8 +59,8 @@ from . import neighborhood_attn as _neighborhood_attn
 from . import token_prune as _token_prune
 
 __all__ = [
-    'GLOBAL_IMPLS', 'KernelUnavailableError', 'OpCase', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl', 'usable_impls',
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'OpCase', 'get_kernel_impl', 'kernel_impl',
+    'resolve_impl', 'set_kernel_impl', 'usable_impls',
     'LargeKernelAttention', 'dilated_dwconv2d', 'dilated_dwconv2d_reference', 'dilated_dwconv2d_subgrid',
     'AdaptiveThreshold', 'attention_with_cls_score', 'attention_with_cls_score_reference',
     'attention_with_cls_score_sdpa', 'gather_tokens', 'select_tokens_batch_topk', 'select_tokens_per_image',

@@ -7,7 +7,7 @@ one or more fast ones. Which one runs is decided, in order, by:
 2. the process-wide setting: `set_kernel_impl()`, the `kernel_impl()` context manager, or the
    `ZOO_KERNEL_IMPL` environment variable read at import;
 3. `'auto'`: the first implementation, in the operator's priority order, that can run on the given
-   inputs (the reference is always last and always runs).
+   inputs and is not marked `NotPreferred` there (the reference is always last and always runs).
 
 The process-wide setting is `'auto'`, `'reference'`, or `'flops'`: the implementation whose traced ops count
 the operator's intrinsic work (the reference, unless the reference is a deliberately naive definition, as the
@@ -23,16 +23,22 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
-    'GLOBAL_IMPLS', 'KernelUnavailableError', 'OpCase', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl',
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'OpCase', 'get_kernel_impl', 'kernel_impl',
+    'resolve_impl', 'set_kernel_impl',
 ]
 
 GLOBAL_IMPLS = ('auto', 'reference', 'flops')
 _ENV_VAR = 'ZOO_KERNEL_IMPL'
 
 # An implementation table: name -> (function, can_use). `can_use(*args, **kwargs)` returns None when the
-# implementation can run on those inputs, else a short reason. Insertion order is the 'auto' priority.
+# implementation can run on those inputs, else a short reason (a `NotPreferred` reason: it runs when named, but
+# 'auto' passes it over). Insertion order is the 'auto' priority.
 ImplTable = Dict[str, Tuple[Callable, Optional[Callable[..., Optional[str]]]]]
+
+
+class NotPreferred(str):
+    """A `can_use` reason for an implementation that runs on these inputs but is measured slower here than one
+    later in the table: 'auto' skips it, naming it still runs it."""
 
 
 class KernelUnavailableError(RuntimeError):
@@ -103,14 +109,16 @@ def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flo
         raise ValueError(f'Unknown implementation {name!r} for {op_name}; available: {list(impls)} or "auto".')
     fn, can_use = impls[name]
     reason = None if can_use is None else can_use(*args, **kwargs)
-    if reason is not None:
+    if reason is not None and not isinstance(reason, NotPreferred):
         raise KernelUnavailableError(f'{op_name} implementation {name!r} cannot run on these inputs because: {reason}')
     return fn
 
 
 def usable_impls(impls: ImplTable, *args, **kwargs) -> Dict[str, Optional[str]]:
-    """Map every implementation name to None (usable on these inputs) or the reason it is not."""
-    return {name: (None if can_use is None else can_use(*args, **kwargs)) for name, (_, can_use) in impls.items()}
+    """Map every implementation name to None (usable on these inputs, if perhaps not preferred) or the reason it
+    is not."""
+    reasons = {name: (None if can_use is None else can_use(*args, **kwargs)) for name, (_, can_use) in impls.items()}
+    return {name: None if isinstance(reason, NotPreferred) else reason for name, reason in reasons.items()}
 
 
 @dataclass

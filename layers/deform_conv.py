@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .config import ImplTable, OpCase, get_kernel_impl, resolve_impl
+from .config import ImplTable, NotPreferred, OpCase, resolve_impl
 
 try:
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
@@ -147,6 +147,8 @@ def deform_conv2d_reference(
 def _can_use_torchvision(x: torch.Tensor, *args, **kwargs) -> Optional[str]:
     if not _HAS_TORCHVISION:
         return 'torchvision is not installed'
+    if x.device.type == 'cpu':
+        return NotPreferred("torchvision's CPU kernel measured 0.45-0.72x of the reference (2 threads)")
     return None
 
 
@@ -183,12 +185,7 @@ def deform_conv2d(
         mask: Optional[torch.Tensor] = None,
         impl: Optional[str] = None,
 ) -> torch.Tensor:
-    """Deformable convolution (torchvision semantics); `impl` selects the kernel (see the module docstring).
-
-    'auto' on the CPU takes the reference: torchvision's CPU kernel measured 0.45-0.72x of it (2 threads).
-    """
-    if (get_kernel_impl() if impl is None else impl) == 'auto' and x.device.type == 'cpu':
-        impl = 'reference'
+    """Deformable convolution (torchvision semantics); `impl` selects the kernel (see the module docstring)."""
     fn = resolve_impl('deform_conv2d', _IMPLS, impl, x)
     return fn(x, offset, weight, bias, stride, padding, dilation, mask)
 

@@ -95,6 +95,14 @@ def test_dispatch_auto_picks_fast_when_usable(monkeypatch):
     assert calls == ['subgrid'], 'exportable must select the reference'
 
 
+def test_not_preferred_impl_is_skipped_by_auto_but_runs_when_named():
+    from layers import NotPreferred, resolve_impl, usable_impls
+    table = {'slow': (lambda: 'slow', lambda: NotPreferred('measured slower here')), 'reference': (lambda: 'ref', None)}
+    assert resolve_impl('op', table, 'auto')() == 'ref'
+    assert resolve_impl('op', table, 'slow')() == 'slow'
+    assert usable_impls(table) == {'slow': None, 'reference': None}
+
+
 def test_named_impl_that_cannot_run_raises_with_reason():
     x, w = torch.randn(1, 2, 9, 9), torch.randn(2, 1, 7, 7)
     with pytest.raises(KernelUnavailableError, match='subgrid.*dilation 1'):
