@@ -46,6 +46,8 @@ from . import dynamic_conv as _dynamic_conv
 from .reversed_attn import (
     dependency_mask, reversed_attention, reversed_attention_folded, reversed_attention_reference,
 )
+from .rep_conv import RepConvNorm, merge_branch_kernels, rep_conv2d, rep_conv2d_merged, rep_conv2d_reference
+from .multi_rate_attn import MultiRateAttention, pool_tokens
 from . import gpsa as _gpsa
 from . import halo_attn as _halo_attn
 from . import kan_attn as _kan_attn
@@ -53,6 +55,8 @@ from . import hilo_attn as _hilo_attn
 from . import large_kernel_conv as _large_kernel_conv
 from . import ls_conv as _ls_conv
 from . import linear_attn as _linear_attn
+from . import multi_rate_attn as _multi_rate_attn
+from . import rep_conv as _rep_conv
 from . import reversed_attn as _reversed_attn
 from . import routing_attn as _routing_attn
 from . import neighborhood_attn as _neighborhood_attn
@@ -82,12 +86,15 @@ __all__ = [
     'na2d_reference', 'na_rpb_bias', 'na_window_start',
     'ContMix', 'contmix', 'contmix_blocked', 'contmix_reference',
     'dependency_mask', 'reversed_attention', 'reversed_attention_folded', 'reversed_attention_reference',
+    'MultiRateAttention', 'RepConvNorm', 'merge_branch_kernels', 'pool_tokens', 'rep_conv2d', 'rep_conv2d_merged',
+    'rep_conv2d_reference',
     'benchmark_cases',
 ]
 
 # Operator modules contributing `benchmark.py --ops` cases; a new operator file adds itself here.
 _OP_MODULES = (_deform_conv, _dynamic_conv, _gpsa, _halo_attn, _hilo_attn, _kan_attn, _large_kernel_conv,
-               _linear_attn, _ls_conv, _neighborhood_attn, _reversed_attn, _routing_attn, _token_prune)
+               _linear_attn, _ls_conv, _multi_rate_attn, _neighborhood_attn, _rep_conv, _reversed_attn, _routing_attn,
+               _token_prune)
 
 
 def benchmark_cases(batch_size: int = 8):
