@@ -40,6 +40,11 @@ OFFICIAL_PARAMS = {
     'biformer_base': 56_804_968,
     'biformer_stl': 28_372_552,
     'biformer_stl_nchw': 28_372_552,
+    # fmvit.md: no official code, architecture table or counts exist. These are the counts of our reconstruction
+    # (training form, with its re-parameterizable branches), frozen here so a model change shows up; the deploy
+    # form is sized to the published operating points (MobileOne-S1, ResNet-101), checked in test_fmvit.py.
+    'fmvit_t': 7_408_944,
+    'fmvit_b': 69_586_504,
     # halonet.md section 2 (timm's constructors, timm/models/byoanet.py) and the paper's H0-H7 as built in
     # backbones/halonet.py (paper: 5.5/8.1/9.4/11.8/19.1/30.7/43.4/67.4 M)
     'zoo_halonet_h0': 5_500_952,
