@@ -8,6 +8,7 @@
     python benchmark.py zoo_convit_tiny --compare-model convit_tiny --batch-sizes 8   # vs timm's own ConViT
     python benchmark.py 'lsnet*' --compare-fused --batch-sizes 8                 # BatchNorm folding gain
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
+    python benchmark.py fmvit_t --deploy --compare-arch mobileone_s1 --batch-sizes 1 8   # vs another architecture
 
 Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
@@ -19,6 +20,7 @@ import json
 import sys
 
 import torch
+from timm.utils.model import reparameterize_model
 from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the zoo with timm)
@@ -57,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-model', default='',
                         help='time this other registered model (e.g. timm\'s convit_tiny) holding the same weights, '
                              'interleaved, and print the ratio')
+    parser.add_argument('--compare-arch', default='',
+                        help='time this other architecture (any timm model, its own random weights) interleaved, and '
+                             'print the ratio; with --deploy it is re-parameterized too')
+    parser.add_argument('--deploy', action='store_true',
+                        help='count and time the deployment form (timm\'s reparameterize_model: fuse() / '
+                             'reparameterize() of every module that has one)')
     parser.add_argument('--compare-fused', action='store_true',
                         help='models with fuse() (BatchNorm folding): time the fused copy too, interleaved')
     parser.add_argument('--real-images', action='store_true',
@@ -86,6 +94,8 @@ def _fmt(value, spec):
 def _benchmark_model(name, args, device):
     model_kwargs = dict(args.model_kwargs)
     model = create_model_checked(name, **model_kwargs).to(device)
+    if args.deploy:
+        model = reparameterize_model(model.eval())
     input_size = model.pretrained_cfg['input_size']
     if args.img_size:
         input_size = (input_size[0], args.img_size, args.img_size)
@@ -121,6 +131,9 @@ def _benchmark_model(name, args, device):
             except RuntimeError as e:
                 raise ValueError(f'{args.compare_model} cannot hold the weights of {name}: {str(e).splitlines()[0]}')
             extra['rival'] = rival
+        if args.compare_arch:
+            arch = create_model_checked(args.compare_arch).to(device).eval()
+            extra['arch'] = reparameterize_model(arch) if args.deploy else arch
         if args.compare_fused:
             if not hasattr(model, 'fuse'):
                 raise ValueError(f'{name} has no fuse() to compare against')
@@ -139,6 +152,9 @@ def _benchmark_model(name, args, device):
         if args.compare_model:
             row.update(rival=args.compare_model, rival_img_per_s=result['rival']['img_per_s'],
                        model_vs_rival=row['img_per_s'] / result['rival']['img_per_s'])
+        if args.compare_arch:
+            row.update(arch=args.compare_arch, arch_img_per_s=result['arch']['img_per_s'],
+                       model_vs_arch=row['img_per_s'] / result['arch']['img_per_s'])
         if args.compare_fused:
             row.update(fused_img_per_s=result['fused']['img_per_s'],
                        fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
@@ -187,6 +203,9 @@ def main(argv=None) -> int:
             if args.compare_model:
                 columns += [('rival', lambda r: r['rival']), ('rival img/s', lambda r: f'{r["rival_img_per_s"]:.1f}'),
                             ('ours/rival', lambda r: f'{r["model_vs_rival"]:.2f}x')]
+            if args.compare_arch:
+                columns += [('vs arch', lambda r: r['arch']), ('its img/s', lambda r: f'{r["arch_img_per_s"]:.1f}'),
+                            ('ours/its', lambda r: f'{r["model_vs_arch"]:.2f}x')]
             if args.compare_fused:
                 columns += [('fused img/s', lambda r: f'{r["fused_img_per_s"]:.1f}'),
                             ('fused/unfused', lambda r: f'{r["fused_vs_unfused"]:.2f}x')]
@@ -194,7 +213,7 @@ def main(argv=None) -> int:
                 columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]
         print(f'{args.device}, {args.mode}, {args.dtype}, {torch.get_num_threads()} threads'
-              + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
+              + (', deployed (re-parameterized)' if args.deploy else '') + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
         _print_table(rows, columns)
     if args.json:
         with open(args.json, 'w') as f:

@@ -114,3 +114,14 @@ def test_compare_model_against_timm_with_the_same_weights(tmp_path):
     assert row['rival'] == 'convit_tiny' and row['model_vs_rival'] > 0
     result = _run('zoo_convit_tiny', '--compare-model', 'van_b0', '--batch-sizes', 1, '--iters', 1, '--no-flops')
     assert result.returncode == 2 and 'cannot hold the weights' in result.stderr
+
+
+def test_deploy_form_against_another_architecture(tmp_path):
+    result = _run('fmvit_t', '--deploy', '--compare-arch', 'mobileone_s1', '--batch-sizes', 1, '--iters', 2,
+                  '--warmup', 1, '--json', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'deployed (re-parameterized)' in result.stdout
+    row = json.loads((tmp_path / 'out.json').read_text())[0]
+    # the deployed count: the branches and Conv-BNs are merged (training form: 7,408,944)
+    assert row['params'] == 4_892_976 and abs(row['gmacs'] - 0.8427) < 1e-3
+    assert row['arch'] == 'mobileone_s1' and row['model_vs_arch'] > 0
