@@ -40,26 +40,31 @@ Assumptions (none is confirmed by the paper body):
   block every `fmb_intervals[i]`-th block (none in stage 1), final BatchNorm, global average pool, linear head.
 - A2 Only BatchNorm (no LayerNorm) and ReLU, for TensorRT/CoreML-friendly deployment, as Next-ViT and MobileOne.
 - A3 Key/value pooling rates per stage (for 224 input: 56/28/14/7 maps): (8, 16) / (4, 8) / (2, 4) / (1, 2), so
-  the finer group sees a 7x7 summary and the coarser a 4x4 one in every stage; head dim 32 (16 for the tiny
+  the finer group sees a 7x7 summary and the coarser a 4x4 one in every stage (stage 1's rates are used only if
+  a model puts mixing blocks there); head dim 32 (16 for the tiny
   model), half of a mixing block's channels to the low-frequency path.
 - A4 Branch sets: gMLP groups (1, 2, 4); conv mixer groups = channels / head_dim, 3x3 + 1x1 + identity.
 - A5 Sizes. The abstract gives two operating points: on CoreML, 78.5% top-1 at MobileOne's latency (its 75.9%
   is MobileOne-S1: 4.8 M params, 0.83 GMACs deployed); on TensorRT, 83.3% at ResNet-101's latency (44.5 M,
   7.8 GMACs). Device latencies cannot be measured here, so `fmvit_t` and `fmvit_b` are sized to those models'
   deployed parameter counts and MACs (table below; CPU latency against timm's `mobileone_s1` / `resnet101` is
-  in the README, `benchmark.py --compare-model`). The published accuracies belong to the authors' unreleased
+  in the README, `benchmark.py --deploy --compare-arch`). The published accuracies belong to the authors' unreleased
   models, not to these.
 - A6 Init: He (fan-out) normal convs, trunc-normal(0.02) classifier, unit BatchNorms except the last one of
   every residual branch, which starts at zero (zero-gamma: each block starts as the identity; without it the
   residual stream of the 32-block fmvit_b grows to logits of order 1e6 once BatchNorm statistics are updated).
   Stochastic depth on the residual branches (linear over all blocks).
 
-Variants (1000 classes, 224 input; "deploy" = after `fuse()`; MACs by fvcore):
+Variants (1000 classes, 224 input; "deploy" = after `fuse()`; fvcore MACs, eval mode, where the training form's
+parallel branches count as the one convolution they are in eval mode):
 
-| model | params (train form) | params (deploy) | GMACs (train form) | GMACs (deploy) | sized to |
-|---|---|---|---|---|---|
-| fmvit_t | see tests/official_params.py | 4.9 M | - | 0.86 | MobileOne-S1 (4.8 M, 0.83 G) |
-| fmvit_b | see tests/official_params.py | 44.4 M | - | 7.86 | ResNet-101 (44.5 M, 7.8 G) |
+| model | params (training form) | params (deploy) | GMACs (training form / deploy) | sized to (deployed) |
+|---|---|---|---|---|
+| fmvit_t | 7,408,944 | 4,892,976 | 0.848 / 0.843 | MobileOne-S1: 4,764,840, 0.825 G (+2.7% / +2.1%) |
+| fmvit_b | 69,586,504 | 44,238,376 | 7.840 / 7.824 | ResNet-101: 44,549,160, 7.834 G (-0.7% / -0.1%) |
+
+The abstract's third comparison (accuracy comparable to EfficientNet-B5 at 43% higher TensorRT speed) names no
+second FMViT size, so no further variant is registered: a size between or beyond these would be invented.
 
 Deployment: `model.eval().fuse()` folds every Conv-BN, merges the re-parameterized branches and the MLP pre-norms,
 in place (eval outputs unchanged to float rounding, tested); timm's `reparameterize_model` does the same.
