@@ -80,7 +80,7 @@ from timm.models._builder import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
-from layers import ConvNorm, MultiRateAttention, RepConvNorm, reparameterize
+from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, reparameterize
 from ._helpers import (
     CheckpointMismatchError, check_input_size, check_state_dict_keys, prune_stages, stage_intermediates,
     unwrap_state_dict,
@@ -126,8 +126,7 @@ class MultiGroupMlp(nn.Module):
     def fuse(self) -> nn.Sequential:
         """One dense 1x1 conv (pre-norm and branches folded), act, one dense 1x1 conv. Eval statistics."""
         fc1 = self.fc1.fuse()  # dense: the 1-group branch makes the merged conv ungrouped
-        scale = self.norm.weight / (self.norm.running_var + self.norm.eps).sqrt()
-        shift = self.norm.bias - self.norm.running_mean * scale
+        scale, shift = folded_bn(self.norm)
         fc1.bias.add_(fc1.weight[:, :, 0, 0] @ shift)
         fc1.weight.mul_(scale[None, :, None, None])
         return nn.Sequential(fc1, self.act, self.fc2.fuse())

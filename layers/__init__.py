@@ -14,7 +14,7 @@ from .linear_attn import (
     apply_rope, linear_attention, linear_attention_linear, linear_attention_reference, rope_2d, softmax_attention,
     softmax_attention_reference, softmax_attention_sdpa,
 )
-from .conv_norm import ConvNorm, NormLinear, reparameterize
+from .conv_norm import ConvNorm, NormLinear, folded_bn, reparameterize
 from .ls_conv import LSConv, LargeKernelPerception, ska, ska_reference, ska_shift
 from .gpsa import (
     GatedPositionalAttention, gated_positional_attention, gated_positional_attention_reference,
@@ -71,7 +71,8 @@ __all__ = [
     'straight_through_keep',
     'apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d',
     'softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa',
-    'ConvNorm', 'NormLinear', 'reparameterize', 'LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift',
+    'ConvNorm', 'NormLinear', 'folded_bn', 'reparameterize', 'LSConv', 'LargeKernelPerception', 'ska', 'ska_reference',
+    'ska_shift',
     'GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',

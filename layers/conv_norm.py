@@ -7,10 +7,18 @@ place and recursively, every child that has a `fuse()` by its fused form.
     linear: W' = W * s[None, :],  b' = W (beta - mean * s) + b,  s = g / sqrt(var + eps)
 Fused layers keep the dtype and device of the originals.
 """
+from typing import Tuple
+
 import torch
 from torch import nn
 
-__all__ = ['ConvNorm', 'NormLinear', 'reparameterize']
+__all__ = ['ConvNorm', 'NormLinear', 'folded_bn', 'reparameterize']
+
+
+def folded_bn(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode BatchNorm as an affine map: (scale, shift), bn(x) = scale * x + shift per channel."""
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    return scale, bn.bias - bn.running_mean * scale
 
 
 class ConvNorm(nn.Module):
@@ -29,12 +37,12 @@ class ConvNorm(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
-        conv, bn = self.conv, self.bn
-        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        conv = self.conv
+        scale, shift = folded_bn(self.bn)
         fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                           conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
-        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        fused.bias.copy_(shift)
         return fused
 
 
@@ -53,11 +61,11 @@ class NormLinear(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> nn.Linear:
-        bn, fc = self.norm, self.fc
-        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        fc = self.fc
+        scale, shift = folded_bn(self.norm)
         fused = nn.Linear(fc.in_features, fc.out_features, device=fc.weight.device, dtype=fc.weight.dtype)
         fused.weight.copy_(fc.weight * scale[None, :])
-        fused.bias.copy_(fc.weight @ (bn.bias - bn.running_mean * scale) + fc.bias)
+        fused.bias.copy_(fc.weight @ shift + fc.bias)
         return fused
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ImplTable, OpCase, resolve_impl
-from .conv_norm import ConvNorm
+from .conv_norm import ConvNorm, folded_bn
 
 __all__ = ['RepConvNorm', 'rep_conv2d', 'rep_conv2d_reference', 'rep_conv2d_merged', 'merge_branch_kernels']
 
@@ -101,11 +101,6 @@ def rep_conv2d(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequenc
     return fn(x, weights, biases, groups, stride)
 
 
-def _folded_bn(bn: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-    return scale, bn.bias - bn.running_mean * scale
-
-
 class RepConvNorm(nn.Module):
     """Parallel Conv-BN branches (kernel size, groups) plus an optional BatchNorm identity, summed.
 
@@ -134,11 +129,11 @@ class RepConvNorm(nn.Module):
     def _folded(self) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[int]]:
         weights, biases, groups = [], [], list(self.branch_groups)
         for branch in self.branches:
-            scale, shift = _folded_bn(branch.bn)
+            scale, shift = folded_bn(branch.bn)
             weights.append(branch.conv.weight * scale[:, None, None, None])
             biases.append(shift)
         if self.identity is not None:
-            scale, shift = _folded_bn(self.identity)
+            scale, shift = folded_bn(self.identity)
             weights.append(scale[:, None, None, None])
             biases.append(shift)
             groups.append(scale.shape[0])
