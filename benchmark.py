@@ -213,7 +213,8 @@ def main(argv=None) -> int:
                 columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]
         print(f'{args.device}, {args.mode}, {args.dtype}, {torch.get_num_threads()} threads'
-              + (', deployed (re-parameterized)' if args.deploy else '') + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
+              + (', deployed (re-parameterized)' if args.deploy else '')
+              + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
         _print_table(rows, columns)
     if args.json:
         with open(args.json, 'w') as f:
