@@ -1,5 +1,5 @@
-"""OverLoCK specifics: neighbourhood attention against a brute-force definition, the train <-> deploy conversion,
-the deep-supervision (aux) output, and checkpoint wrappers."""
+"""OverLoCK specifics: neighbourhood attention against a brute-force definition, ContMix's MACs by hand, the train <->
+deploy conversion, the deep-supervision (aux) output, and checkpoint wrappers."""
 import json
 import math
 from pathlib import Path
@@ -10,7 +10,8 @@ import torch
 
 from backbones._engine import DistillationLoss
 from detweights import build_state_dict, fixture_input
-from layers import na2d, na2d_av
+from layers import ContMix, kernel_impl, na2d, na2d_av
+from layers.flops import flop_count
 
 FIXTURE = json.loads((Path(__file__).parent / 'fixtures' / 'overlock_overlock_xt.json').read_text())
 
@@ -106,6 +107,27 @@ def test_even_kernel_and_wrong_tap_count_raise():
         na2d_av(torch.randn(1, 1, 8, 8, 16), v, 4)
     with pytest.raises(ValueError, match='25 taps, kernel \\(3, 3\\) needs 9'):
         na2d_av(torch.randn(1, 1, 8, 8, 25), v, 3)
+
+
+@pytest.mark.parametrize('dim,ctx_dim,size,kernel,heads', [(256, 84, 14, 13, 4), (336, 84, 7, 7, 6)])
+def test_contmix_macs_equal_the_hand_count(dim, ctx_dim, size, kernel, heads):
+    """xt's two Focus-Net shapes. The affinities and the NATTEN-style aggregation are what the published (module-hook)
+    FLOPs leave out (backbones/overlock.py docstring), so the count must hold them, and in the official formula order
+    (affinities, then the 49 -> K^2 + 5^2 projection), not the cheaper folded order of the `blocked` path."""
+    layer = ContMix(dim, ctx_dim, kernel, 5, heads).eval()
+    hw, groups, half = size * size, 2 * heads, dim // 2
+    hand = dict(
+        query=hw * dim * half + 2 * hw * half,  # 1x1 conv, BN (fvcore: 2 per element in eval)
+        key=ctx_dim * hw + 49 * ctx_dim * half + 2 * 49 * half,  # 7x7 average pool (1 per input element), 1x1, BN
+        affinity=hw * 49 * half,  # every pixel's G query groups against the 49 pooled tokens
+        projection=groups * hw * 49 * (kernel ** 2 + 25),  # 49 affinities -> K^2 + 5^2 logits per group
+        aggregation=hw * half * (25 + kernel ** 2),  # half of the value channels with each kernel
+    )
+    x = torch.randn(1, dim, size, size)
+    with kernel_impl('flops'), torch.no_grad():
+        macs, _, _ = flop_count(layer, (x, torch.randn(1, ctx_dim, size, size), x))
+    # fvcore reads an einsum's MACs from numpy's einsum_path report, which prints 4 significant digits
+    assert macs == pytest.approx(sum(hand.values()), rel=1e-4)
 
 
 @pytest.fixture(scope='module')
