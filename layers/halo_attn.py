@@ -147,9 +147,8 @@ def halo_attention_core_onehot(q, k, v, height_rel, width_rel, block: int, scale
     return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
 
 
-# 'auto' takes `sdpa`: measured on this CPU at HaloNet-26t shapes (benchmark.py --ops), `onehot` ran at 0.88-1.12x of
-# the reference against sdpa's 1.11-1.68x (its widened head dim falls off PyTorch's fused CPU kernel); it is kept for
-# devices whose kernels take it.
+# 'auto' takes `sdpa`; `onehot` (widened head dim, which falls off PyTorch's fused CPU kernel) is kept for devices
+# whose kernels take it. The layer-level order and its measurements are at `_HALO_IMPLS` below.
 _CORE_IMPLS: ImplTable = {
     'sdpa': (halo_attention_core_sdpa, None),
     'onehot': (halo_attention_core_onehot, None),
@@ -252,10 +251,12 @@ def _can_use_matmul(q, kv, height_rel, width_rel, num_heads: int, block: int, ha
     return None
 
 
-# 'auto' order, measured on this CPU at HaloNet-26t's halo shapes (benchmark.py --ops --ops-filter halo):
-# `matmul` where a map is one block or the query blocks are strided (bq^2 < 64), `sdpa` on multi-block maps
-# of 8 x 8 query blocks, `onehot` never (its widened head dim falls off PyTorch's fused CPU kernel; kept for devices
-# whose kernels take it). Figures are in the README.
+# 'auto' order, from interleaved runs at HaloNet-26t's halo shapes (`python benchmark.py --ops --ops-filter halo
+# --iters 20`, 2 threads, a machine shared with other jobs, so each figure is a range over runs, vs timm's HaloAttn
+# or our reference): on the one-block 8 x 8 map `matmul` ran 1.0-1.6x the reference (1.0-1.4x timm's) in 5 of 6
+# runs, sdpa 0.75-0.95x; with strided 4 x 4 query blocks matmul, sdpa and the reference tie (0.92-1.37x timm's);
+# on multi-block maps of 8 x 8 query blocks (16 x 16, 32 x 32) sdpa is ahead in 3 of 4 runs (1.1-1.8x the
+# reference, matmul 0.66-1.7x). `onehot` was 0.54-0.94x of the reference everywhere. README: HaloNet.
 _MATMUL_MAX_QUERIES = 64
 _HALO_IMPLS: ImplTable = {
     'matmul': (halo_attention_matmul, _can_use_matmul),
