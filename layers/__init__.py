@@ -21,8 +21,8 @@ from .gpsa import (
     gated_positional_attention_sdpa, relative_offsets_2d,
 )
 from .halo_attn import (
-    HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, halo_attention_core,
-    relative_logits_2d,
+    HaloAttention, blocked_attention, blocked_attention_reference, blocked_attention_sdpa, halo_attention,
+    halo_attention_core, relative_logits_2d,
 )
 from .routing_attn import (
     BiLevelRoutingAttention, region_partition, region_reverse, region_route, routed_attention,
@@ -76,7 +76,7 @@ __all__ = [
     'GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
     'gated_positional_attention_sdpa', 'relative_offsets_2d',
     'HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
-    'halo_attention_core', 'relative_logits_2d',
+    'halo_attention', 'halo_attention_core', 'relative_logits_2d',
     'BiLevelRoutingAttention', 'region_partition', 'region_reverse', 'region_route', 'routed_attention',
     'routed_attention_masked', 'routed_attention_reference', 'routed_attention_sdpa',
     'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',

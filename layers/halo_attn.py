@@ -26,6 +26,14 @@ logits included):
   the dot product of [a_h, a_w] with the one-hot code [e(ky), e(kx)]. So queries [q * s, a_h, a_w] against keys
   [k, e(ky), e(kx)] give q k^T s + rel in one unmasked `scaled_dot_product_attention` (scale 1), whose fused kernel
   never materialises the (Q, K) logits per block.
+Operator `halo_attention(q, kv, height_rel, width_rel, num_heads, block, halo, scale, bias_scaled)` (the whole
+layer between the projections and the output: q and kv maps in, the attention output map out):
+- `reference`, `sdpa`, `onehot`: pad kv by the halo, copy its overlapping windows once into a channels-last
+  (blocks, win^2, c) layout, block the queries, run the `halo_attention_core` impl of that name, fold back.
+- `matmul`: channel-major batched matmuls. Every block's q, k, v are taken as (d, positions) matrices of the NCHW
+  maps and the output is computed transposed, v (dv, K) @ softmax(...)^T, which is already the NCHW order of the
+  block. On a map that is one block (HaloNet-26t's last stage at 256 input) the zero-padded kv map *is* the window,
+  so nothing is unfolded, blocked or folded: the only copies are the halo padding and the (Q, K) logits.
 `HaloAttention` holds timm's parameter names (`q`, `kv`, `pos_embed.height_rel`, `pos_embed.width_rel`), so timm
 checkpoints load as they are.
 """
@@ -37,10 +45,10 @@ from torch import nn
 
 from timm.layers import make_divisible, trunc_normal_
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, NotPreferred, OpCase, resolve_impl
 
 __all__ = ['HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
-           'halo_attention_core', 'relative_logits_2d']
+           'halo_attention', 'halo_attention_core', 'relative_logits_2d']
 
 
 def blocked_attention_reference(q, k, v, bias, scale: float, bias_scaled: bool = False) -> torch.Tensor:
@@ -139,9 +147,8 @@ def halo_attention_core_onehot(q, k, v, height_rel, width_rel, block: int, scale
     return F.scaled_dot_product_attention(q_aug, k_aug, v, scale=1.0)
 
 
-# 'auto' takes `sdpa`: measured on this CPU at HaloNet-26t shapes (benchmark.py --ops), `onehot` ran at 0.88-1.12x of
-# the reference against sdpa's 1.11-1.68x (its widened head dim falls off PyTorch's fused CPU kernel); it is kept for
-# devices whose kernels take it.
+# 'auto' takes `sdpa`; `onehot` (widened head dim, which falls off PyTorch's fused CPU kernel) is kept for devices
+# whose kernels take it. The layer-level order and its measurements are at `_HALO_IMPLS` below.
 _CORE_IMPLS: ImplTable = {
     'sdpa': (halo_attention_core_sdpa, None),
     'onehot': (halo_attention_core_onehot, None),
@@ -154,6 +161,116 @@ def halo_attention_core(q, k, v, height_rel, width_rel, block: int, scale: float
     """Blocked attention with HaloNet's relative logits; `impl` selects the implementation."""
     fn = resolve_impl('halo_attention_core', _CORE_IMPLS, impl, q, k, v)
     return fn(q, k, v, height_rel, width_rel, block, scale, bias_scaled)
+
+
+def _block_grid(q: torch.Tensor, kv: torch.Tensor, block: int) -> Tuple[int, int, int]:
+    """Blocks per side (nh, nw) of the kv map and the query block side bq (block / query stride)."""
+    nh, nw = kv.shape[-2] // block, kv.shape[-1] // block
+    if kv.shape[-2] != nh * block or kv.shape[-1] != nw * block or q.shape[-2] % nh or q.shape[-1] % nw:
+        raise ValueError(f'halo_attention needs whole blocks of {block}: q {tuple(q.shape)}, kv {tuple(kv.shape)}')
+    return nh, nw, q.shape[-1] // nw
+
+
+def _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                             bias_scaled: bool, core_impl: str) -> torch.Tensor:
+    B = q.shape[0]
+    nh, nw, bq = _block_grid(q, kv, block)
+    dq = q.shape[1] // num_heads
+    win = block + 2 * halo
+    q = q.reshape(B * num_heads, dq, nh, bq, nw, bq)
+    q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * num_heads, nh * nw, bq * bq, dq)
+    kv = F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)  # (B, C, nh, nw, win, win), a view
+    # one copy straight into (B * heads, blocks, win^2, c) with channels last, so k and v are views whose rows
+    # the fused kernels read without another copy
+    kv = kv.reshape(B, num_heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 5, 6, 2)
+    kv = kv.reshape(B * num_heads, nh * nw, win * win, -1)
+    k, v = kv.split([dq, kv.shape[-1] - dq], dim=-1)
+    out = halo_attention_core(q, k, v, height_rel, width_rel, bq, scale, bias_scaled, impl=core_impl)
+    out = out.reshape(B, num_heads, nh, nw, bq, bq, -1).permute(0, 1, 6, 2, 4, 3, 5)
+    return out.reshape(B, -1, nh * bq, nw * bq)
+
+
+def halo_attention_reference(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                             bias_scaled: bool = False) -> torch.Tensor:
+    """Halo attention from the projected maps (see the module docstring).
+
+    Args:
+        q: (B, heads * d, nh * bq, nw * bq) queries (bq = block, or block / 2 for strided queries).
+        kv: (B, heads * (d + dv), nh * block, nw * block) keys and values, head-major, [k | v] per head; zero-padded
+            by `halo` on every side here. height_rel, width_rel: (2 * (block + 2 * halo) - 1, d).
+        num_heads, block, halo: heads, block side of the kv map, halo width. scale, bias_scaled: as the core's.
+
+    Returns:
+        (B, heads * dv, nh * bq, nw * bq), head-major channels.
+    """
+    return _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads, block, halo, scale, bias_scaled,
+                                    'reference')
+
+
+def halo_attention_sdpa(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                        bias_scaled: bool = False) -> torch.Tensor:
+    return _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads, block, halo, scale, bias_scaled, 'sdpa')
+
+
+def halo_attention_onehot(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                          bias_scaled: bool = False) -> torch.Tensor:
+    return _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads, block, halo, scale, bias_scaled,
+                                    'onehot')
+
+
+def halo_attention_matmul(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                          bias_scaled: bool = False) -> torch.Tensor:
+    B = q.shape[0]
+    nh, nw, bq = _block_grid(q, kv, block)
+    dq = q.shape[1] // num_heads
+    win = block + 2 * halo
+    N, Q, K = B * num_heads * nh * nw, bq * bq, win * win
+    # (N, d, Q) and (N, d + dv, K): views of the maps when the map is one block, else one copy each
+    q = q.reshape(B * num_heads, dq, nh, bq, nw, bq).permute(0, 2, 4, 1, 3, 5).reshape(N, dq, Q)
+    kv = F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)
+    kv = kv.reshape(B, num_heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 2, 5, 6).reshape(N, -1, K)
+    k, v = kv[:, :dq], kv[:, dq:]
+    q_t = q.transpose(1, 2)  # (N, Q, d)
+    logits_h, logits_w = _rel_logits_hw(q_t, height_rel, width_rel, bq)
+    logits = torch.bmm(q_t, k) if bias_scaled else torch.bmm(q_t * scale, k)
+    # the relative logits are added in place (bmm's backward needs its inputs, not its output)
+    grid = logits.view(N, bq, bq, win, win)
+    grid.add_(logits_h[..., :, None]).add_(logits_w[..., None, :])
+    if bias_scaled:
+        logits = logits * scale
+    out = torch.bmm(v, logits.softmax(dim=-1).transpose(1, 2))  # (N, dv, Q): each block in NCHW order
+    out = out.reshape(B, num_heads, nh, nw, -1, bq, bq).permute(0, 1, 4, 2, 5, 3, 6)
+    return out.reshape(B, -1, nh * bq, nw * bq)
+
+
+def _can_use_matmul(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, *args,
+                    **kwargs) -> Optional[str]:
+    nh, nw, bq = _block_grid(q, kv, block)
+    if nh * nw > 1 and bq * bq >= _MATMUL_MAX_QUERIES:
+        return NotPreferred(f'{nh * nw} blocks of {bq * bq} queries: the fused sdpa core is faster there')
+    return None
+
+
+# 'auto' order, from interleaved runs at HaloNet-26t's halo shapes (`python benchmark.py --ops --ops-filter halo
+# --iters 20`, 2 threads, a machine shared with other jobs, so each figure is a range over runs, vs timm's HaloAttn
+# or our reference): on the one-block 8 x 8 map `matmul` ran 1.0-1.6x the reference (1.0-1.4x timm's) in 5 of 6
+# runs, sdpa 0.75-0.95x; with strided 4 x 4 query blocks matmul, sdpa and the reference tie (0.92-1.37x timm's);
+# on multi-block maps of 8 x 8 query blocks (16 x 16, 32 x 32) sdpa is ahead in 3 of 4 runs (1.1-1.8x the
+# reference, matmul 0.66-1.7x). `onehot` was 0.54-0.94x of the reference everywhere. README: HaloNet.
+_MATMUL_MAX_QUERIES = 64
+_HALO_IMPLS: ImplTable = {
+    'matmul': (halo_attention_matmul, _can_use_matmul),
+    'sdpa': (halo_attention_sdpa, None),
+    'onehot': (halo_attention_onehot, lambda *args, **kwargs: NotPreferred('slower than sdpa on this CPU')),
+    'reference': (halo_attention_reference, None),
+}
+
+
+def halo_attention(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
+                   bias_scaled: bool = False, impl: Optional[str] = None) -> torch.Tensor:
+    """HaloNet attention from the projected q and kv maps to the output map; `impl` selects the implementation."""
+    fn = resolve_impl('halo_attention', _HALO_IMPLS, impl, q, kv, height_rel, width_rel, num_heads, block, halo)
+    return fn(q, kv, height_rel, width_rel, num_heads, block, halo, scale, bias_scaled)
 
 
 class HaloAttention(nn.Module):
@@ -209,41 +326,34 @@ class HaloAttention(nn.Module):
         trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        b, bq, halo, win, heads = self.block_size, self.block_size_ds, self.halo_size, self.win_size, self.num_heads
+        H, W = x.shape[-2:]
+        b, bq = self.block_size, self.block_size_ds
         nh, nw = -(-H // b), -(-W // b)
         q = self.q(x)
         out_h, out_w = q.shape[-2:]
         if out_h != nh * bq or out_w != nw * bq:
             q = F.pad(q, [0, nw * bq - out_w, 0, nh * bq - out_h])
-        q = q.reshape(B * heads, self.dim_head_qk, nh, bq, nw, bq)
-        q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * heads, nh * nw, bq * bq, self.dim_head_qk)
-        kv = F.pad(self.kv(x), [halo, halo + nw * b - W, halo, halo + nh * b - H])
-        kv = kv.unfold(2, win, b).unfold(3, win, b)  # (B, C, nh, nw, win, win), a view
-        # one copy straight into (B * heads, blocks, win^2, c) with channels last, so k and v are views whose rows
-        # the fused kernels read without another copy
-        kv = kv.reshape(B, heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 5, 6, 2)
-        kv = kv.reshape(B * heads, nh * nw, win * win, self.dim_head_qk + self.dim_head_v)
-        k, v = kv.split([self.dim_head_qk, self.dim_head_v], dim=-1)
-        out = halo_attention_core(q, k, v, self.pos_embed.height_rel, self.pos_embed.width_rel, bq, self.scale,
-                                  self.scale_pos_embed, impl=self.kernel_impl)
-        out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_head_v).permute(0, 1, 6, 2, 4, 3, 5)
-        out = out.reshape(B, self.dim_out_v, nh * bq, nw * bq)
+        kv = self.kv(x)
+        if H != nh * b or W != nw * b:
+            kv = F.pad(kv, [0, nw * b - W, 0, nh * b - H])
+        out = halo_attention(q, kv, self.pos_embed.height_rel, self.pos_embed.width_rel, self.num_heads, b,
+                             self.halo_size, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
         if out_h != nh * bq or out_w != nw * bq:
             out = out[:, :, :out_h, :out_w]
         return self.pool(out)
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """HaloNet-26t stage shapes at 256: blocks of 8 with halo 2 (win 12), 8 heads."""
+    """HaloNet-26t's halo layers (blocks of 8, halo 2, 8 heads): its three at 256 input (stage 3, the strided first
+    block of stage 4, stage 4 on one block) and its stage-3 layer at 512 input."""
     cases = []
-    for dim, size in ((256, 32), (512, 16)):
-        layer = HaloAttention(dim, num_heads=8, block_size=8, halo_size=2).eval()
+    for dim, size, stride in ((256, 16, 1), (512, 16, 2), (512, 8, 1), (256, 32, 1)):
+        layer = HaloAttention(dim, num_heads=8, block_size=8, halo_size=2, stride=stride).eval()
         x = torch.randn(batch_size, dim, size, size)
 
         def run(impl, layer=layer, x=x):
             layer.kernel_impl = impl
             return layer(x)
-        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2',
-                            impls=['reference', 'sdpa', 'onehot'], run=run))
+        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2 s{stride}',
+                            impls=['reference', 'matmul', 'sdpa', 'onehot'], run=run))
     return cases

@@ -14,7 +14,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize('impl', ['reference', 'sdpa', 'onehot'])
+@pytest.mark.parametrize('impl', ['reference', 'matmul', 'sdpa', 'onehot'])
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(f'{k}{v}' for k, v in c.items() if k != 'size'))
 def test_equals_timm_halo_attn(case, impl):
     case = dict(case)
@@ -30,7 +30,7 @@ def test_equals_timm_halo_attn(case, impl):
     torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize('impl', ['reference', 'onehot'])
+@pytest.mark.parametrize('impl', ['reference', 'matmul', 'onehot'])
 @pytest.mark.parametrize('stride,block,avg_down', [(1, 8, False), (2, 8, False), (2, 8, True), (2, 7, False)])
 def test_map_not_divisible_by_the_block_is_zero_padded(impl, stride, block, avg_down):
     """A map of H x W equals the same map zero-padded to whole blocks (q, k, v of zeros: no bias), cropped."""

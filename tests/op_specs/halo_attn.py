@@ -2,8 +2,8 @@
 relative logits)."""
 import torch
 
-from layers import blocked_attention, blocked_attention_reference, halo_attention_core
-from layers.halo_attn import halo_attention_core_reference
+from layers import blocked_attention, blocked_attention_reference, halo_attention, halo_attention_core
+from layers.halo_attn import halo_attention_core_reference, halo_attention_reference
 from op_harness import OpSpec
 
 
@@ -47,4 +47,31 @@ SPECS.append(OpSpec(
         dict(n=1, blocks=1, block=1, win=3, d=4),
     ],
     make_inputs=_core_inputs,
+))
+
+
+def _map_inputs(case, dtype):
+    B, heads, block, halo, d = case['B'], case['heads'], case['block'], case['halo'], case['d']
+    dv = case.get('dv', d)
+    nh, nw = case['grid']
+    bq = block // case.get('stride', 1)
+    win = block + 2 * halo
+    q = torch.randn(B, heads * d, nh * bq, nw * bq, dtype=dtype)
+    kv = torch.randn(B, heads * (d + dv), nh * block, nw * block, dtype=dtype)
+    tables = [torch.randn(2 * win - 1, d, dtype=dtype) * d ** -0.5 for _ in range(2)]
+    return [q, kv, *tables], dict(num_heads=heads, block=block, halo=halo, scale=d ** -0.5,
+                                  bias_scaled=case.get('bias_scaled', False))
+
+
+SPECS.append(OpSpec(
+    name='halo_attention', op=halo_attention, reference=halo_attention_reference,
+    fast_impls=['matmul', 'sdpa', 'onehot'],
+    cases=[
+        dict(B=2, heads=2, block=8, halo=2, d=8, grid=(2, 2)),  # halonet26t stage 3 at 256, narrow
+        dict(B=1, heads=2, block=4, halo=1, d=4, dv=6, grid=(1, 1)),  # one block: the window is the padded map
+        dict(B=2, heads=2, block=8, halo=2, d=8, dv=12, grid=(2, 2), stride=2),  # strided queries, dv != d
+        dict(B=1, heads=3, block=6, halo=3, d=4, grid=(2, 3), bias_scaled=True),  # non-square grid
+        dict(B=2, heads=2, block=8, halo=2, d=8, grid=(1, 1), stride=2),
+    ],
+    make_inputs=_map_inputs,
 ))
