@@ -246,18 +246,17 @@ def halo_attention_matmul(q, kv, height_rel, width_rel, num_heads: int, block: i
 def _can_use_matmul(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, *args,
                     **kwargs) -> Optional[str]:
     nh, nw, bq = _block_grid(q, kv, block)
-    if nh * nw > 1 and bq * bq >= _MATMUL_MAX_QUERIES:
-        return NotPreferred(f'{nh * nw} blocks of {bq * bq} queries: the fused sdpa core is faster there')
+    if nh * nw > 1:
+        return NotPreferred(f'{nh * nw} blocks: the windows are copied either way, and the fused sdpa core ties or '
+                            'wins there holding less memory')
     return None
 
 
-# 'auto' order, from interleaved runs at HaloNet-26t's halo shapes (`python benchmark.py --ops --ops-filter halo
-# --iters 20`, 2 threads, a machine shared with other jobs, so each figure is a range over runs, vs timm's HaloAttn
-# or our reference): on the one-block 8 x 8 map `matmul` ran 1.0-1.6x the reference (1.0-1.4x timm's) in 5 of 6
-# runs, sdpa 0.75-0.95x; with strided 4 x 4 query blocks matmul, sdpa and the reference tie (0.92-1.37x timm's);
-# on multi-block maps of 8 x 8 query blocks (16 x 16, 32 x 32) sdpa is ahead in 3 of 4 runs (1.1-1.8x the
-# reference, matmul 0.66-1.7x). `onehot` was 0.54-0.94x of the reference everywhere. README: HaloNet.
-_MATMUL_MAX_QUERIES = 64
+# 'auto' order, measured at HaloNet-26t's halo shapes on a quiet machine (`python benchmark.py --ops --ops-filter halo
+# --iters 30 --num-threads 2`, batch 8, interleaved, two runs, vs our reference): on the one-block 8 x 8 map
+# `matmul` 1.06-1.08x, sdpa 0.93-1.00x; with strided 4 x 4 query blocks (16 x 16 s2) sdpa 1.02x both times, matmul
+# 0.92-0.98x; on multi-block maps of 8 x 8 query blocks they tie (16 x 16: 1.09-1.15x / 1.04-1.10x, 32 x 32:
+# 1.32-1.65x / 1.33-1.63x) and sdpa holds less memory (0.69x vs 0.73x). `onehot` 0.86-1.12x. README: HaloNet.
 _HALO_IMPLS: ImplTable = {
     'matmul': (halo_attention_matmul, _can_use_matmul),
     'sdpa': (halo_attention_sdpa, None),
