@@ -121,10 +121,12 @@ def softmax_attention_sdpa(q, k, v, scale: float, rope=None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
-# On the CPU, PyTorch's fused kernel only pays once a head's score matrix is large: measured (B8, 2 threads, min of
-# 30 calls, explicit matmul-softmax-matmul / sdpa) 2.42x at 196 x 196 and 1.08-1.12x at 784 x 49 and 784 x 16, but
-# 0.86x at 196 x 49, 0.71x at 196 x 16, 0.73x at 49 x 49 (MALA's and BiFormer's 7 x 7 stage, FMViT's pooled keys).
-_SDPA_MIN_SCORES_CPU = 784 * 16
+# On the CPU, PyTorch's fused kernel only pays once a head's score matrix is large. Measured (B8, 2 threads, best of
+# interleaved calls, explicit matmul-softmax-matmul / sdpa, head dim 32): 3136 x 49 2.71x, 196 x 196 2.42-3.03x; near
+# a tie from 784 x 49 to 784 x 100 (0.94-1.19x over runs); below, the explicit form wins: 196 x 100 0.79x, 196 x 64
+# 0.72x, 196 x 49 0.72-0.89x, 784 x 16 0.72-1.12x, 49 x 49 0.56-0.73x (MALA's and BiFormer's 7 x 7 stage, FMViT's
+# pooled keys).
+_SDPA_MIN_SCORES_CPU = 196 * 196
 
 
 def _can_use_sdpa(q, k, v) -> Optional[str]:
