@@ -94,16 +94,18 @@ def _fmt(value, spec):
 def _benchmark_model(name, args, device):
     model_kwargs = dict(args.model_kwargs)
     model = create_model_checked(name, **model_kwargs).to(device)
-    if args.deploy:
-        model = reparameterize_model(model.eval())
     input_size = model.pretrained_cfg['input_size']
     if args.img_size:
         input_size = (input_size[0], args.img_size, args.img_size)
-    base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
     cfg = model.pretrained_cfg
     photos = sample_photos(max(args.batch_sizes), input_size, cfg['mean'], cfg['std']) if args.real_images else None
     if args.calibrate and hasattr(model, 'calibrate_thresholds'):
         model.calibrate_thresholds(photos if photos is not None else torch.randn(max(args.batch_sizes), *input_size))
+    # comparison copies load the (calibrated) training-form weights, then take the same deployment step as the model
+    weights = model.state_dict()
+    deploy = (lambda m: reparameterize_model(m.eval())) if args.deploy else (lambda m: m)
+    model = deploy(model)
+    base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
     if not args.no_flops:
         flops = count_flops(model, input_size, photos)
         base.update(gmacs=flops['macs'] / 1e9, gflops=flops['flops'] / 1e9)
@@ -120,28 +122,28 @@ def _benchmark_model(name, args, device):
         extra = {}
         if args.compare_impl:
             reference = create_model_checked(name, **dict(model_kwargs, kernel_impl='reference')).to(device)
-            reference.load_state_dict(model.state_dict())
-            extra['reference'] = reference
+            reference.load_state_dict(weights)
+            extra['reference'] = deploy(reference)
             timed = create_model_checked(name, **dict(model_kwargs, kernel_impl='auto')).to(device)
-            timed.load_state_dict(model.state_dict())
+            timed.load_state_dict(weights)
+            timed = deploy(timed)
         if args.compare_model:
             rival = create_model_checked(args.compare_model).to(device)
             try:
-                rival.load_state_dict(model.state_dict())
+                rival.load_state_dict(weights)
             except RuntimeError as e:
                 raise ValueError(f'{args.compare_model} cannot hold the weights of {name}: {str(e).splitlines()[0]}')
-            extra['rival'] = rival
+            extra['rival'] = deploy(rival)
         if args.compare_arch:
-            arch = create_model_checked(args.compare_arch).to(device).eval()
-            extra['arch'] = reparameterize_model(arch) if args.deploy else arch
+            extra['arch'] = deploy(create_model_checked(args.compare_arch).to(device).eval())
         if args.compare_fused:
             if not hasattr(model, 'fuse'):
                 raise ValueError(f'{name} has no fuse() to compare against')
             extra['fused'] = copy.deepcopy(model).eval().fuse()
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
-            other.load_state_dict(model.state_dict())
-            extra['other'] = other
+            other.load_state_dict(weights)
+            extra['other'] = deploy(other)
         result = time_model(timed, batch_size, input_size, device, args.mode, _DTYPES[args.dtype],
                             args.channels_last, args.iters, args.warmup, extra, inputs)
         row = dict(base, batch_size=batch_size, mode=args.mode, dtype=args.dtype,

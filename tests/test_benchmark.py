@@ -117,11 +117,12 @@ def test_compare_model_against_timm_with_the_same_weights(tmp_path):
 
 
 def test_deploy_form_against_another_architecture(tmp_path):
-    result = _run('fmvit_t', '--deploy', '--compare-arch', 'mobileone_s1', '--batch-sizes', 1, '--iters', 2,
-                  '--warmup', 1, '--json', tmp_path / 'out.json')
+    # --compare-impl too: its reference copy loads the training-form weights, then is deployed like the model
+    result = _run('fmvit_t', '--deploy', '--compare-arch', 'mobileone_s1', '--compare-impl', '--batch-sizes', 1,
+                  '--iters', 2, '--warmup', 1, '--json', tmp_path / 'out.json')
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'deployed (re-parameterized)' in result.stdout
     row = json.loads((tmp_path / 'out.json').read_text())[0]
     # the deployed count: the branches and Conv-BNs are merged (training form: 7,408,944)
     assert row['params'] == 4_892_976 and abs(row['gmacs'] - 0.8427) < 1e-3
-    assert row['arch'] == 'mobileone_s1' and row['model_vs_arch'] > 0
+    assert row['arch'] == 'mobileone_s1' and row['model_vs_arch'] > 0 and row['fast_vs_reference'] > 0
