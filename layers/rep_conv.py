@@ -121,10 +121,13 @@ class RepConvNorm(nn.Module):
                              f'{in_chs} -> {out_chs}')
         self.stride = stride
         self.kernel_impl = kernel_impl
-        self.branch_groups = tuple(g for _, g in branches)
         self.branches = nn.ModuleList([
             ConvNorm(in_chs, out_chs, k, stride, k // 2, groups=g, bn_weight_init=bn_weight_init) for k, g in branches])
         self.identity = nn.BatchNorm2d(out_chs) if identity else None
+
+    @property
+    def branch_groups(self) -> Tuple[int, ...]:
+        return tuple(branch.conv.groups for branch in self.branches)
 
     def _folded(self) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[int]]:
         weights, biases, groups = [], [], list(self.branch_groups)
