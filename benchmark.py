@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 import layers
-from backbones._profile import (
+from engine.profile import (
     count_flops, count_params, resolve_model_names, sample_photos, time_model, time_ops,
 )
-from backbones._recipe import create_model_checked, parse_kv, run_cli
+from engine.cli import create_model_checked, run_cli
+from engine.config import parse_kv
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 

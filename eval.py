@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
 import backbones  # noqa: F401  (registers the zoo with timm)
-from backbones._data import (
+from engine.data import (
     DigitsDataset, ImageFolderDataset, WebDatasetShards, collate_skip_bad, load_image,
 )
-from backbones._engine import evaluate
-from backbones._recipe import create_model_checked, run_cli
+from engine.loops import evaluate
+from engine.cli import create_model_checked, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,15 +25,17 @@ from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device
+from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, unwrap_model
 
 import backbones  # noqa: F401  (registers the zoo with timm)
-from backbones._checkpoint import CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state
-from backbones._data import (
+from engine.checkpoint import CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state
+from engine.data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards,
 )
-from backbones._engine import DistillationLoss, evaluate, train_one_epoch, unwrap_model, write_jsonl
-from backbones._recipe import create_model_checked, parse_kv, parse_with_config, run_cli
+from engine.loops import evaluate, train_one_epoch, write_jsonl
+from engine.losses import DistillationLoss
+from engine.cli import create_model_checked, run_cli
+from engine.config import parse_kv, parse_with_config
 
 _logger = logging.getLogger('train')
 

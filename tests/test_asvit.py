@@ -174,7 +174,7 @@ def test_lvvit_aux_head_and_batch_independence():
 
 
 def test_lvvit_token_distillation_adds_the_kept_token_kl():
-    from backbones._engine import DistillationLoss
+    from engine.losses import DistillationLoss
     student = _lvvit_with_thresholds().train()
     teacher = _lvvit_with_thresholds(prune_mode='none').eval()
     student.set_distilled_training(True)

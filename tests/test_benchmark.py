@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from backbones._profile import count_flops
+from engine.profile import count_flops
 from layers.flops import flop_count
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_compare_kwargs_on_real_photos_with_calibrated_pruning(tmp_path):
 
 
 def test_sample_photos_are_real_images():
-    from backbones._profile import sample_photos
+    from engine.profile import sample_photos
     x = sample_photos(3, (3, 224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     assert x.shape == (3, 3, 224, 224) and -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.2
     assert not torch.equal(x[0], x[2])  # different crops of the same photo

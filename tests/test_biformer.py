@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from backbones._profile import peak_allocated_mib
+from engine.profile import peak_allocated_mib
 from layers import (
     BiLevelRoutingAttention, KernelUnavailableError, region_partition, region_reverse, region_route, routed_attention,
 )

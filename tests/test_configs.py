@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import train
-from backbones._recipe import apply_config
+from engine.config import apply_config
 from conftest import ALL_MODELS, model_family
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / 'configs'

@@ -10,7 +10,7 @@ from timm.utils.model import reparameterize_model
 
 import layers
 from backbones._helpers import CheckpointMismatchError
-from backbones._profile import count_flops, count_params
+from engine.profile import count_flops, count_params
 from backbones.fmvit import ConvFusionBlock, FrequencyMixingBlock, MultiGroupMlp
 from layers import MultiRateAttention, RepConvNorm
 

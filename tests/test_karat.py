@@ -7,7 +7,7 @@ import timm
 import torch
 
 from backbones._helpers import CheckpointMismatchError
-from backbones._profile import count_flops
+from engine.profile import count_flops
 from layers import FourierKArAt, fourier_kan_attention, fourier_kan_attention_reference
 
 VARIANTS = {  # name: (timm softmax ViT it extends, heads, G, universal)

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from backbones._engine import DistillationLoss
+from engine.losses import DistillationLoss
 from detweights import build_state_dict, fixture_input
 from layers import ContMix, kernel_impl, na2d, na2d_av
 from layers.flops import flop_count

@@ -13,7 +13,7 @@ import timm
 import torch
 
 import backbones  # noqa: F401
-from backbones._data import DigitsDataset, export_image_folder, export_webdataset
+from engine.data import DigitsDataset, export_image_folder, export_webdataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small and quick, but with every source of randomness on: RandAugment, random erasing, mixup/cutmix,

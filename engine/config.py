@@ -1,16 +1,12 @@
-"""YAML recipes for the CLIs, validated against the argument parser; model creation from checkpoints."""
+"""YAML recipes for the CLIs: every key must name an option of the script's argument parser, every value must fit it."""
 import argparse
 import difflib
-import sys
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict
 
-import timm
 import yaml
 
-from ._checkpoint import load_checkpoint_file
-
-__all__ = ['ConfigError', 'apply_config', 'create_model_checked', 'parse_kv', 'parse_with_config', 'run_cli']
+__all__ = ['ConfigError', 'apply_config', 'parse_kv', 'parse_with_config']
 
 
 class ConfigError(ValueError):
@@ -97,54 +93,3 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
         except ConfigError as e:
             parser.error(str(e))
     return parser.parse_args(argv)
-
-
-def create_model_checked(model_name: str, checkpoint: Optional[str] = None, use_ema: bool = False, **kwargs):
-    """timm.create_model with a clear error for unknown names, optionally loading a checkpoint file.
-
-    The checkpoint may be ours (train.py's, with 'state_dict'/'state_dict_ema') or an official release: it goes
-    through the family's checkpoint filter via timm's pretrained path, which also adapts num_classes/in_chans.
-    """
-    if model_name not in timm.list_models() and model_name.split('.')[0] not in timm.list_models():
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
-        raise ValueError(f'Unknown model {model_name!r}' + (f'; did you mean {", ".join(close)}?' if close else ''))
-    if not checkpoint:
-        return timm.create_model(model_name, **kwargs)
-    kwargs.pop('pretrained', None)
-    obj = load_checkpoint_file(checkpoint)
-    if use_ema:
-        if obj.get('state_dict_ema') is None:
-            raise ValueError(f'--use-ema: checkpoint {checkpoint} holds no EMA weights (no state_dict_ema)')
-        state_dict = obj['state_dict_ema']
-    else:
-        state_dict = obj.get('state_dict', obj.get('model', obj))
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-
-    # Convert to our layout first, so the checkpoint's own class count is known: eval of a checkpoint trained
-    # on 10 classes must keep its head, while an explicit num_classes=... re-initialises it for fine-tuning.
-    model = timm.create_model(model_name, **kwargs)
-    filter_fn = getattr(sys.modules[timm.models.model_entrypoint(model_name.split('.')[0]).__module__],
-                        'checkpoint_filter_fn', None)
-    if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
-    classifier = model.pretrained_cfg.get('classifier')
-    head_weight = state_dict.get(f'{classifier}.weight') if classifier else None
-    checkpoint_classes = head_weight.shape[0] if head_weight is not None else model.num_classes
-    if kwargs.get('num_classes') is None:
-        kwargs['num_classes'] = checkpoint_classes
-    overlay = dict(state_dict=state_dict, num_classes=checkpoint_classes)
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-
-
-def run_cli(main: Callable[[], int], prog: str) -> None:
-    """Run a CLI's main(); errors about the user's input end with one clear line and exit code 2, no traceback."""
-    from ._checkpoint import CheckpointError
-    from ._data import BadImageError
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, CheckpointError, BadImageError) as e:
-        message = str(e).strip()
-        if 'Original Traceback' in message:  # raised in a DataLoader worker: keep the worker's own message
-            message = message.splitlines()[-1].split(': ', 1)[-1]
-        print(f'{prog}: error: {message}', file=sys.stderr)
-        sys.exit(2)

@@ -1,0 +1,10 @@
+"""The scripts' machinery: everything train.py, eval.py and benchmark.py share that is not a model or an operator.
+
+- `config`: YAML recipes checked against a script's argument parser (`-c/--config`).
+- `cli`: model creation by name with clear errors, checkpoint loading, one-line errors for the user's mistakes.
+- `data`: datasets (image folders, webdataset shards, the embedded digits set) and a corrupt-image-safe loader.
+- `checkpoint`: atomic checkpoint writes, safe loading, RNG state capture, retention of the newest and best.
+- `losses`: distillation (DeiT-style) and the extra training terms of deep supervision and token pruning.
+- `loops`: one training epoch and one evaluation pass.
+- `profile`: parameter and FLOP counts, latency and throughput, peak memory (benchmark.py).
+"""
