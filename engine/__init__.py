@@ -7,4 +7,5 @@
 - `losses`: distillation (DeiT-style) and the extra training terms of deep supervision and token pruning.
 - `loops`: one training epoch and one evaluation pass.
 - `profile`: parameter and FLOP counts, latency and throughput, peak memory (benchmark.py).
+- `op_cases`: the `layers` operators' benchmark cases at backbone-stage shapes (`benchmark.py --ops`).
 """

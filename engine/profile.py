@@ -12,6 +12,8 @@ import torch
 import layers
 from layers.flops import flop_count
 
+from .op_cases import benchmark_cases
+
 __all__ = ['count_flops', 'count_params', 'measure_peak_memory', 'peak_allocated_mib', 'resolve_model_names',
            'sample_photos', 'time_interleaved', 'time_model', 'time_ops', 'zoo_models']
 
@@ -195,13 +197,13 @@ def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
 
 def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',
              max_cases: Optional[int] = None) -> List[Dict]:
-    """Time every `layers` operator case for each of its implementations, interleaved; ratios vs the first.
+    """Time every operator case of `engine.op_cases` for each of its implementations, interleaved; ratios vs the first.
 
     Also the peak memory each implementation allocates during one call (`peak_allocated_mib`) and its ratio to the
     first's. Cases run without autograd unless the case itself enables it (the forward+backward cases).
     """
     rows = []
-    cases = [c for c in layers.benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
+    cases = [c for c in benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
     for case in cases[:max_cases]:
         baseline = case.impls[0]
         with torch.no_grad():

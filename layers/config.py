@@ -17,14 +17,13 @@ quadratic form of linear attention is; benchmark.py counts FLOPs under it). A na
 """
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
-    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'OpCase', 'get_kernel_impl', 'kernel_impl',
-    'resolve_impl', 'set_kernel_impl',
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
+    'set_kernel_impl', 'usable_impls',
 ]
 
 GLOBAL_IMPLS = ('auto', 'reference', 'flops')
@@ -119,18 +118,3 @@ def usable_impls(impls: ImplTable, *args, **kwargs) -> Dict[str, Optional[str]]:
     is not."""
     reasons = {name: (None if can_use is None else can_use(*args, **kwargs)) for name, (_, can_use) in impls.items()}
     return {name: None if isinstance(reason, NotPreferred) else reason for name, reason in reasons.items()}
-
-
-@dataclass
-class OpCase:
-    """One operator benchmark case at a backbone-stage shape, for `benchmark.py --ops`.
-
-    `run(impl)` executes the operator once with implementation `impl` on inputs prepared beforehand;
-    `impls` lists the implementations to time, the baseline first (the reference, or for a comparison of two
-    different operators such as linear vs softmax attention, `same_result=False`, the one compared against).
-    """
-    op: str
-    shape: str
-    run: Callable[[str], object]
-    impls: List[str]
-    same_result: bool = True

@@ -17,11 +17,8 @@ Implementations:
 - `reference`: per tap, explicit bilinear sampling (4 gathered corners with their weights and validity), then
   one contraction with the weight. Pure PyTorch, autograd only; the definition of the semantics.
 - `torchvision`: `torchvision.ops.deform_conv2d` (im2col kernels, CPU and CUDA, with a hand-written backward).
-  On this CPU (B8, LITv2 token-merging shapes, a quiet machine, 2 threads, `benchmark.py --ops --ops-filter
-  deform`) it runs at 0.45-0.72x of the reference (single-thread CPU time: 0.99-1.11x), so 'auto' keeps the
-  reference on the CPU and takes torchvision on other devices. Also tried: gathering whole channel rows from a
-  channels-last map (index_select of (B * L, C) rows per corner, then one GEMM): 1.0-1.3x the reference in CPU
-  time, not kept.
+  'auto' keeps the reference on the CPU, where torchvision's kernel is slower than it at LITv2's token-merging
+  shapes, and takes torchvision on other devices (docs/operators.md, deformable convolution).
 
 `DeformConv2dPack` (DCNv1 with its own offset branch `conv_offset`, a same-geometry Conv2d, zero-initialised
 so that it starts as a plain convolution) keeps the parameter names of the DCN packs (`weight`, `bias`,
@@ -29,14 +26,13 @@ so that it starts as a plain convolution) keeps the parameter names of the DCN p
 DeformConv2dPack(C, C_out, 2, stride 2) -> BatchNorm2d -> GELU.
 """
 import math
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from .config import ImplTable, NotPreferred, OpCase, resolve_impl
+from .config import ImplTable, NotPreferred, resolve_impl
 
 try:
     from torchvision.ops import deform_conv2d as _tv_deform_conv2d
@@ -82,6 +78,14 @@ def _check_args(x, offset, weight, bias, stride, padding, dilation, mask) -> Tup
     if bias is not None and bias.shape != (c_out,):
         raise ValueError(f'deform_conv2d: bias {tuple(bias.shape)} should be ({c_out},)')
     return groups, offset_groups
+
+
+def _in_layout_of(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`out` in channels_last memory when `x` is, as conv2d returns it (neither torchvision's kernel nor the
+    reference's einsum follows the input's memory format on its own)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
 
 
 def _bilinear_sample(img: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -141,14 +145,14 @@ def deform_conv2d_reference(
     out = torch.einsum('bgkl,gok->bgol', columns, w).reshape(B, c_out, Ho, Wo)
     if bias is not None:
         out = out + bias.view(1, -1, 1, 1)
-    return out
+    return _in_layout_of(out, x)
 
 
 def _can_use_torchvision(x: torch.Tensor, *args, **kwargs) -> Optional[str]:
     if not _HAS_TORCHVISION:
         return 'torchvision is not installed'
     if x.device.type == 'cpu':
-        return NotPreferred("torchvision's CPU kernel measured 0.45-0.72x of the reference (2 threads)")
+        return NotPreferred("torchvision's CPU kernel is slower than the reference")
     return None
 
 
@@ -165,7 +169,8 @@ def deform_conv2d_torchvision(
     """`torchvision.ops.deform_conv2d` with the same arguments."""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     _check_args(x, offset, weight, bias, stride, padding, dilation, mask)
-    return _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    out = _tv_deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+    return _in_layout_of(out, x)
 
 
 _IMPLS: ImplTable = {
@@ -250,21 +255,3 @@ class DeformTokenMerge(nn.Module):
         if x.shape[-2] < 2 or x.shape[-1] < 2:
             raise ValueError(f'DeformTokenMerge needs a map of at least 2 x 2, got {tuple(x.shape[-2:])}')
         return self.act(self.norm(self.conv(x)))
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """LITv2-S deformable token merging (k 2, stride 2) at 224 input: maps 56, 28, 14; plus DCN 3x3 on 28x28."""
-    cases = []
-    gen = torch.Generator().manual_seed(0)
-    for c_in, size, k, s, p in ((96, 56, 2, 2, 0), (192, 28, 2, 2, 0), (384, 14, 2, 2, 0), (64, 28, 3, 1, 1)):
-        c_out = 2 * c_in if s == 2 else c_in
-        x = torch.randn(batch_size, c_in, size, size, generator=gen)
-        out = _out_size(size, k, s, p, 1)
-        offset = 3 * torch.randn(batch_size, 2 * k * k, out, out, generator=gen)
-        weight = torch.randn(c_out, c_in, k, k, generator=gen) / math.sqrt(c_in * k * k)
-        bias = torch.randn(c_out, generator=gen)
-        cases.append(OpCase(
-            'deform_conv2d', f'B{batch_size} C{c_in}->{c_out} {size}x{size} k{k} s{s} p{p}',
-            impls=['reference', 'torchvision'],
-            run=lambda impl, x=x, o=offset, w=weight, b=bias, s=s, p=p: deform_conv2d(x, o, w, b, s, p, impl=impl)))
-    return cases

@@ -13,13 +13,13 @@ Implementations:
   and the positional matrix is computed once per forward for the whole batch.
 """
 from functools import lru_cache
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = ['GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
            'gated_positional_attention_sdpa', 'relative_offsets_2d']
@@ -113,15 +113,3 @@ class GatedPositionalAttention(nn.Module):
         pos_logits = self.pos_proj(offsets).permute(2, 0, 1)  # (heads, N, N)
         out = gated_positional_attention(q, k, v, pos_logits, self.gating_param, self.scale, impl=self.kernel_impl)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """GPSA at ConViT-Ti/S/B shapes (196 tokens)."""
-    cases = []
-    for heads in (4, 9, 16):
-        q, k, v = (torch.randn(batch_size, heads, 196, 48) for _ in range(3))
-        pos, gate = torch.randn(heads, 196, 196), torch.randn(heads)
-        cases.append(OpCase('gated_positional_attention', f'B{batch_size} h{heads} N196 d48', impls=['reference', 'sdpa'],
-                            run=lambda impl, q=q, k=k, v=v, p=pos, g=gate: gated_positional_attention(
-                                q, k, v, p, g, 48 ** -0.5, impl=impl)))
-    return cases

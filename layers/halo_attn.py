@@ -37,7 +37,7 @@ layer between the projections and the output: q and kv maps in, the attention ou
 `HaloAttention` holds timm's parameter names (`q`, `kv`, `pos_embed.height_rel`, `pos_embed.width_rel`), so timm
 checkpoints load as they are.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ from torch import nn
 
 from timm.layers import make_divisible, trunc_normal_
 
-from .config import ImplTable, NotPreferred, OpCase, resolve_impl
+from .config import ImplTable, NotPreferred, resolve_impl
 
 __all__ = ['HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
            'halo_attention', 'halo_attention_core', 'relative_logits_2d']
@@ -148,7 +148,7 @@ def halo_attention_core_onehot(q, k, v, height_rel, width_rel, block: int, scale
 
 
 # 'auto' takes `sdpa`; `onehot` (widened head dim, which falls off PyTorch's fused CPU kernel) is kept for devices
-# whose kernels take it. The layer-level order and its measurements are at `_HALO_IMPLS` below.
+# whose kernels take it. The layer-level order is at `_HALO_IMPLS` below.
 _CORE_IMPLS: ImplTable = {
     'sdpa': (halo_attention_core_sdpa, None),
     'onehot': (halo_attention_core_onehot, None),
@@ -252,15 +252,13 @@ def _can_use_matmul(q, kv, height_rel, width_rel, num_heads: int, block: int, ha
     return None
 
 
-# 'auto' order, measured at HaloNet-26t's halo shapes on a quiet machine (`python benchmark.py --ops --ops-filter halo
-# --iters 30 --num-threads 2`, batch 8, interleaved, two runs, vs our reference): on the one-block 8 x 8 map
-# `matmul` 1.06-1.08x, sdpa 0.93-1.00x; with strided 4 x 4 query blocks (16 x 16 s2) sdpa 1.02x both times, matmul
-# 0.92-0.98x; on multi-block maps of 8 x 8 query blocks they tie (16 x 16: 1.09-1.15x / 1.04-1.10x, 32 x 32:
-# 1.32-1.65x / 1.33-1.63x) and sdpa holds less memory (0.69x vs 0.73x). `onehot` 0.86-1.12x. README: HaloNet.
+# 'auto' order: `matmul` on a map that is one block (nothing to unfold, it wins there); otherwise `sdpa`, which ties
+# with `matmul` on several blocks and holds less memory; `onehot` only when named (slower on the CPU). The figures
+# at HaloNet-26t's shapes are in docs/operators.md, halo attention.
 _HALO_IMPLS: ImplTable = {
     'matmul': (halo_attention_matmul, _can_use_matmul),
     'sdpa': (halo_attention_sdpa, None),
-    'onehot': (halo_attention_onehot, lambda *args, **kwargs: NotPreferred('slower than sdpa on this CPU')),
+    'onehot': (halo_attention_onehot, lambda *args, **kwargs: NotPreferred('slower than sdpa on the CPU')),
     'reference': (halo_attention_reference, None),
 }
 
@@ -340,19 +338,3 @@ class HaloAttention(nn.Module):
         if out_h != nh * bq or out_w != nw * bq:
             out = out[:, :, :out_h, :out_w]
         return self.pool(out)
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """HaloNet-26t's halo layers (blocks of 8, halo 2, 8 heads): its three at 256 input (stage 3, the strided first
-    block of stage 4, stage 4 on one block) and its stage-3 layer at 512 input."""
-    cases = []
-    for dim, size, stride in ((256, 16, 1), (512, 16, 2), (512, 8, 1), (256, 32, 1)):
-        layer = HaloAttention(dim, num_heads=8, block_size=8, halo_size=2, stride=stride).eval()
-        x = torch.randn(batch_size, dim, size, size)
-
-        def run(impl, layer=layer, x=x):
-            layer.kernel_impl = impl
-            return layer(x)
-        cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2 s{stride}',
-                            impls=['reference', 'matmul', 'sdpa', 'onehot'], run=run))
-    return cases

@@ -22,24 +22,20 @@ Implementations of `hilo_attention`:
   explicit matmul + softmax + matmul.
 - `sdpa`: q|k|v of the Hi-Fi heads and q of the Lo-Fi heads come from one GEMM over the map (a linear layer
   commutes with the window partition, so only the projected Hi-Fi q|k|v are rearranged into windows); both
-  attention cores are `F.scaled_dot_product_attention` calls.
-  Measured on this 2-core CPU (B8, float32, single-thread CPU time, min of 7; `benchmark.py --ops` prints the
-  2-thread wall-clock ratios): the layer is 1.07x its reference at LITv2-S/B stage 3 at 224 (14 x 14 maps) and
-  1.0x at stage 4 (7 x 7), 1.8x at LITv2-B-384 stage 3 (24 x 24) and 1.1x at its stage 4. At 224 the attention
-  cores are small (SDPA vs matmul + softmax: Lo-Fi 1.08x, Hi-Fi 4-token windows 0.92x, 7 x 7 global 1.08x) and
-  the five projections take over 80% of the layer's time, so no faster form of the whole layer exists on CPU there;
-  the Lo-Fi core at 384 (576 queries x 144 keys) is 4.4x faster with SDPA.
+  attention cores are `F.scaled_dot_product_attention` calls. At 224 input the projections, not the small
+  attention cores, dominate the layer's time, so the gain is small there and grows with the map (384 input);
+  docs/operators.md, HiLo attention, has the figures.
 
 `HiLoAttention` holds the official parameter names (`h_qkv`, `h_proj`, `l_q`, `l_kv`, `l_proj`) and its head
 split: l = int(num_heads * alpha) Lo-Fi heads, the rest Hi-Fi; window size 1 puts every head in Lo-Fi.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = ['HiLoAttention', 'hilo_attention', 'hilo_attention_reference', 'hilo_attention_sdpa', 'hilo_head_split']
 
@@ -263,20 +259,3 @@ class HiLoAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, hi_heads={self.h_heads}, lo_heads={self.l_heads}, window_size={self.window_size}'
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """LITv2 stage 3 (HiLo, ws 2, alpha 0.9) and stage 4 (ws 1: global attention) at 224 and 384 input."""
-    cases = []
-    for name, dim, heads, size, ws in (('S', 384, 12, 14, 2), ('S', 768, 24, 7, 1), ('B', 512, 16, 14, 2),
-                                       ('B', 1024, 32, 7, 1), ('B', 512, 16, 24, 2), ('B', 1024, 32, 12, 1),
-                                       ('S', 384, 12, 15, 2)):
-        layer = HiLoAttention(dim, heads, ws, alpha=0.9).eval()
-        x = torch.randn(batch_size, size, size, dim)
-
-        def run(impl, layer=layer, x=x):
-            layer.kernel_impl = impl
-            return layer(x)
-        cases.append(OpCase('hilo_attention', f'LITv2-{name} B{batch_size} {size}x{size} C{dim} h{heads} ws{ws} '
-                             f'(hi{layer.h_heads}/lo{layer.l_heads})', impls=['reference', 'sdpa'], run=run))
-    return cases

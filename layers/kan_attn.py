@@ -27,18 +27,19 @@ Implementations:
 - `dense`: all rows at once, literally: the N x N x 2G basis tensor, one matmul with the (N 2G, r) coefficient
   table, then the N x N weight matrix, then weights @ v. The plain vectorisation, kept as the countable form.
 
-FLOPs (`kernel_impl('flops')` selects `dense`: the reference's per-row loop counts the same but takes ~40 s to
-trace for a 12-block model): per head N^2 r (2G + 1) for the operator (+ N^2 r for a non-zero base activation)
-plus N^2 d for the weights times v, the definition's work; sin/cos and elementwise products are not counted
-(fvcore's convention). `vectorized` does less: it never forms the N x N weights (2 N r d instead of N^2 (r + d)).
+FLOPs (`kernel_impl('flops')` selects `dense`: the reference's per-row loop counts the same, but tracing it N times
+per block is far slower; docs/operators.md, Fourier-KArAt): per head N^2 r (2G + 1) for the operator (+ N^2 r for a
+non-zero base activation) plus N^2 d for the weights times v, the definition's work; sin/cos and elementwise
+products are not counted (fvcore's convention). `vectorized` does less: it never forms the N x N weights (2 N r d
+instead of N^2 (r + d)).
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = [
     'FourierKArAt', 'KArAtAttention', 'fourier_kan_attention', 'fourier_kan_attention_dense',
@@ -261,27 +262,3 @@ class KArAtAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = act(q, k, v, self.scale, self.attn_drop_p if self.training else 0.)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """Fourier-KArAt at the ViT-Tiny/Small/Base stage shapes (N = 197, d = 64, r = 12, published G), fast vs
-    reference, then each against softmax attention (SDPA) at the same shape."""
-    cases = []
-    for name, heads, grid in (('Ti G3', 3, 3), ('S G3', 6, 3), ('B G1', 12, 1)):
-        q, k, v = (torch.randn(batch_size, heads, 197, 64) for _ in range(3))
-        act = FourierKArAt(heads, 197, 12, grid).eval()
-        shape = f'{name}: B{batch_size} h{heads} N197 d64 r12 G{grid}'
-
-        def run(impl, q=q, k=k, v=v, act=act):
-            act.kernel_impl = impl
-            return act(q, k, v, 0.125)
-        cases.append(OpCase('fourier_kan_attention', shape, impls=['reference', 'dense', 'vectorized'], run=run))
-
-        def run_vs(impl, q=q, k=k, v=v, act=act):
-            if impl == 'softmax (sdpa)':
-                return F.scaled_dot_product_attention(q, k, v, scale=0.125)
-            act.kernel_impl = 'vectorized'
-            return act(q, k, v, 0.125)
-        cases.append(OpCase('KArAt vs softmax', shape, impls=['softmax (sdpa)', 'Fourier-KArAt (vectorized)'],
-                            run=run_vs, same_result=False))
-    return cases

@@ -12,19 +12,19 @@ Implementations:
   undilated conv with padding (k - 1) // 2 on each of the d x d interleaved sub-grids `x[..., i::d, j::d]`.
   The map is zero-padded at the bottom/right to a multiple of d (which changes nothing: those pixels lie
   in the conv's zero padding anyway), the d^2 sub-grids are folded into the batch with one reshape, and a
-  single undilated depthwise conv runs on them. Exact (float64 max diff 0), and 2.5-4x faster on CPU
-  than oneDNN's dilated depthwise kernel at VAN's stage shapes (`benchmark.py --ops`).
+  single undilated depthwise conv runs on them. Exact (float64 max diff 0), and faster on the CPU than oneDNN's
+  dilated depthwise kernel at VAN's stage shapes (docs/operators.md, dilated depthwise convolution).
 
 `LargeKernelAttention` is VAN's LKA: `u * conv1(conv_spatial(conv0(u)))` with conv0 a depthwise k0 x k0,
 conv_spatial a depthwise k1 x k1 dilated conv (the operator above), conv1 a 1x1 conv, all with bias.
 """
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = [
     'LargeKernelAttention', 'dilated_dwconv2d', 'dilated_dwconv2d_reference', 'dilated_dwconv2d_subgrid',
@@ -135,22 +135,3 @@ class LargeKernelAttention(nn.Module):
         attn = dilated_dwconv2d(attn, self.conv_spatial.weight, self.conv_spatial.bias, self.dilation, self.kernel_impl)
         attn = self.conv1(attn)
         return u * attn
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """`dilated_dwconv2d` and LKA at VAN-B0/B1 stage shapes (224 input)."""
-    cases = []
-    for dim, size in ((32, 56), (64, 56), (128, 28), (160, 14), (320, 14), (256, 7)):
-        x = torch.randn(batch_size, dim, size, size)
-        weight, bias = torch.randn(dim, 1, 7, 7) / 7, torch.randn(dim)
-        shape = f'B{batch_size} C{dim} {size}x{size} k7 d3'
-        cases.append(OpCase(
-            'dilated_dwconv2d', shape, impls=['reference', 'subgrid'],
-            run=lambda impl, x=x, w=weight, b=bias: dilated_dwconv2d(x, w, b, 3, impl=impl)))
-        lka = LargeKernelAttention(dim).eval()
-
-        def run_lka(impl, lka=lka, x=x):
-            lka.kernel_impl = impl
-            return lka(x)
-        cases.append(OpCase('large_kernel_attention', shape, impls=['reference', 'subgrid'], run=run_lka))
-    return cases

@@ -14,25 +14,21 @@ Implementations:
 - `reference`: the explicit N x N weight matrix, then weights @ v (quadratic; the definition).
 - `linear`: associativity, sum_j k_j v_j^T first: a d x d matrix per head, linear in N.
 
-`softmax_attention` (plain scaled-dot-product attention with the same rotary embedding, MALA's stages 3-4)
-has a `reference` (explicit softmax) and an `sdpa` implementation.
+Softmax attention with the same rotary embedding (MALA's stages 3-4) is `layers.attention.softmax_attention`.
 
 2-D rotary embedding (`rope_2d`): angles 1 / 10000 ** linspace(0, 1, d // 4), each repeated twice; the first
 d / 2 channels rotate with the row index, the last d / 2 with the column index; channel pairs (2i, 2i + 1)
 rotate together: R x = x * cos + (-x_{2i+1}, x_{2i}) * sin.
 """
 from functools import lru_cache
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .config import ImplTable, NotPreferred, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
-__all__ = [
-    'apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d',
-    'softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa',
-]
+__all__ = ['apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d']
 
 
 @lru_cache(maxsize=64)
@@ -106,67 +102,3 @@ def linear_attention(q, k, v, scale: float, rope: Optional[Tuple[torch.Tensor, t
     # FLOPs are the linear form's: the quadratic reference is a definition, not the model's work
     fn = resolve_impl('linear_attention', _LINEAR_IMPLS, impl, q, k, v, flops_impl='linear')
     return fn(q, k, v, scale, rope, magnitude_aware, eps)
-
-
-def softmax_attention_reference(q, k, v, scale: float, rope=None) -> torch.Tensor:
-    """softmax(s * R q . R k) v with the explicit N x N matrix."""
-    if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    return torch.softmax(scale * q @ k.transpose(-2, -1), dim=-1) @ v
-
-
-def softmax_attention_sdpa(q, k, v, scale: float, rope=None) -> torch.Tensor:
-    if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
-
-
-# On the CPU, PyTorch's fused kernel only pays once a head's score matrix is large. Measured (B8, 2 threads, best of
-# interleaved calls, explicit matmul-softmax-matmul / sdpa, head dim 32): 3136 x 49 2.71x, 196 x 196 2.42-3.03x; near
-# a tie from 784 x 49 to 784 x 100 (0.94-1.19x over runs); below, the explicit form wins: 196 x 100 0.79x, 196 x 64
-# 0.72x, 196 x 49 0.72-0.89x, 784 x 16 0.72-1.12x, 49 x 49 0.56-0.73x (MALA's and BiFormer's 7 x 7 stage, FMViT's
-# pooled keys).
-_SDPA_MIN_SCORES_CPU = 196 * 196
-
-
-def _can_use_sdpa(q, k, v) -> Optional[str]:
-    if q.device.type == 'cpu' and q.shape[-2] * k.shape[-2] < _SDPA_MIN_SCORES_CPU:
-        return NotPreferred(f'{q.shape[-2]} x {k.shape[-2]} scores per head: the explicit form is faster on the CPU')
-    return None
-
-
-_SOFTMAX_IMPLS: ImplTable = {
-    'sdpa': (softmax_attention_sdpa, _can_use_sdpa),
-    'reference': (softmax_attention_reference, None),
-}
-
-
-def softmax_attention(q, k, v, scale: float, rope: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-                      impl: Optional[str] = None) -> torch.Tensor:
-    """Scaled-dot-product attention with optional rotary embedding; `impl` selects the kernel."""
-    fn = resolve_impl('softmax_attention', _SOFTMAX_IMPLS, impl, q, k, v)
-    return fn(q, k, v, scale, rope)
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """MALA's stage shapes (fast vs reference), then linear-time MALA and plain linear attention vs softmax attention
-    (SDPA), all with 2-D RoPE, at growing token counts (14^2 .. 112^2: where the linear form starts to win)."""
-    cases = []
-    for dim, heads, size in ((64, 1, 56), (128, 2, 28)):
-        d = dim // heads
-        q, k, v = (torch.randn(batch_size, heads, size * size, d) for _ in range(3))
-        rope = rope_2d(size, size, d)
-        cases.append(OpCase(
-            'linear_attention (MALA)', f'B{batch_size} h{heads} N{size * size} d{d}', impls=['reference', 'linear'],
-            run=lambda impl, q=q, k=k, v=v, s=d ** -0.5, r=rope: linear_attention(q, k, v, s, r, impl=impl)))
-    for size in (14, 28, 56, 112):
-        q, k, v = (torch.randn(1, 2, size * size, 64) for _ in range(3))
-        rope = rope_2d(size, size, 64)
-
-        def run(impl, q=q, k=k, v=v, r=rope):
-            if impl == 'softmax (sdpa)':
-                return softmax_attention(q, k, v, 0.125, r, impl='sdpa')
-            return linear_attention(q, k, v, 0.125, r, magnitude_aware=impl.startswith('MALA'), impl='linear')
-        cases.append(OpCase('MALA vs softmax', f'B1 h2 N{size * size} d64', run=run, same_result=False,
-                            impls=['softmax (sdpa)', 'MALA (linear)', 'plain linear (linear)']))
-    return cases

@@ -16,13 +16,13 @@ Implementations:
 `LSConv(dim)`: BN(SKA(x, LKP(x))) + x with LKP = 1x1 -> dw 7x7 -> 1x1 -> 1x1 (9 * dim / 8 channels) -> GroupNorm.
 """
 import math
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 from .conv_norm import ConvNorm
 
 __all__ = ['LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift']
@@ -115,14 +115,3 @@ class LSConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(ska(x, self.lkp(x), impl=self.kernel_impl)) + x
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """SKA at LSNet-T/S/B stage shapes (224 input: 28x28, 14x14, 7x7)."""
-    cases = []
-    for dim, size in ((64, 28), (128, 28), (128, 14), (256, 14), (256, 7), (384, 7)):
-        x = torch.randn(batch_size, dim, size, size)
-        w = torch.randn(batch_size, dim // 8, 9, size, size)
-        cases.append(OpCase('ska', f'B{batch_size} C{dim} {size}x{size} k3', impls=['reference', 'shift'],
-                            run=lambda impl, x=x, w=w: ska(x, w, impl=impl)))
-    return cases

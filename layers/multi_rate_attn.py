@@ -10,16 +10,14 @@ first and projecting after is exact in eval mode (a 1x1 conv commutes with avera
 The attention core is `layers.softmax_attention` (reference: explicit softmax(q k^T) v; sdpa: PyTorch's fused
 kernel), run once per rate group: (B, heads_j, H*W, d) queries against (B, heads_j, H*W / r_j^2, d) keys.
 """
-import math
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import OpCase
 from .conv_norm import ConvNorm
-from .linear_attn import softmax_attention
+from .attention import softmax_attention
 
 __all__ = ['MultiRateAttention', 'pool_tokens']
 
@@ -70,18 +68,3 @@ class MultiRateAttention(nn.Module):
             outs.append(softmax_attention(q[:, j], k, v, self.scale, impl=self.kernel_impl))
         out = torch.stack(outs, dim=1)  # (B, rates, heads, H*W, d)
         return self.proj(out.transpose(-2, -1).reshape(B, -1, H, W))
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """The attention core of FMViT's multi-rate attention at its stage shapes (224 input, head dim 32): queries of
-    the whole map against keys pooled at each of the stage's two rates."""
-    cases = []
-    for heads, size, rates in ((2, 28, (4, 8)), (4, 14, (2, 4)), (8, 7, (1, 2))):
-        for rate in rates:
-            kv_len = math.ceil(size / rate) ** 2
-            q = torch.randn(batch_size, heads, size * size, 32)
-            k, v = (torch.randn(batch_size, heads, kv_len, 32) for _ in range(2))
-            cases.append(OpCase('multi-rate attention core (FMViT)', f'B{batch_size} h{heads} N{size * size} '
-                                f'-> {kv_len} (rate {rate}) d32', impls=['reference', 'sdpa'],
-                                run=lambda impl, q=q, k=k, v=v: softmax_attention(q, k, v, 32 ** -0.5, impl=impl)))
-    return cases

@@ -37,7 +37,7 @@ from torch import nn
 
 from timm.layers import trunc_normal_
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 try:
     from natten.functional import na2d_av as _natten_na2d_av
@@ -160,7 +160,7 @@ def na2d_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_siz
 
 def _default_tile(length: int, kernel: int, tile: int) -> int:
     # One tile when the kernel nearly covers the axis (the dense matmul wastes little); else `tile` (4 for the
-    # aggregation matmul, 8 for SDPA: the fastest measured on CPU at NA 7x7, 28x28 and 56x56, benchmark.py --ops).
+    # aggregation matmul, 8 for SDPA: the fastest on the CPU at NA 7x7; docs/operators.md, neighborhood attention).
     return length if length <= kernel + 8 else tile
 
 
@@ -371,23 +371,3 @@ class NeighborhoodAttention2d(nn.Module):
         q, k, v = self.qkv(x).reshape(B, 3, self.num_heads, self.head_dim, H, W).permute(1, 0, 2, 4, 5, 3)
         out = na2d(q, k, v, self.kernel_size, self.dilation, self.rpb, self.scale, impl=self.kernel_impl)
         return self.proj(out.permute(0, 1, 4, 2, 3).reshape(B, C, H, W))
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """`na2d_av` at OverLoCK's ContMix shapes (xt/t at 224: 5x5 and 13x13 at /16, 5x5 and 7x7 at /32), and
-    NA 7x7 (dilation 1 and 2) at a NAT-style 56x56 stage."""
-    cases = []
-    for groups, size, kernel, d in ((8, 14, 13, 16), (8, 14, 5, 16), (12, 7, 7, 14), (12, 7, 5, 14),
-                                    (16, 7, 7, 16)):
-        attn = torch.randn(batch_size, groups, size, size, kernel * kernel).softmax(-1)
-        value = torch.randn(batch_size, groups, size, size, d)
-        cases.append(OpCase(
-            'na2d_av', f'B{batch_size} G{groups} {size}x{size} k{kernel} D{d}', impls=['reference', 'blocked'],
-            run=lambda impl, a=attn, v=value, k=kernel: na2d_av(a, v, k, impl=impl)))
-    for heads, size, dilation in ((2, 56, 1), (2, 56, 2)):
-        q, k, v = (torch.randn(batch_size, heads, size, size, 32) for _ in range(3))
-        rpb = torch.randn(heads, 13, 13) * .02
-        cases.append(OpCase(
-            'na2d', f'B{batch_size} h{heads} {size}x{size} k7 d{dilation} D32', impls=['reference', 'blocked'],
-            run=lambda impl, q=q, k=k, v=v, r=rpb, dil=dilation: na2d(q, k, v, 7, dil, r, impl=impl)))
-    return cases

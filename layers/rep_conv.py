@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 from .conv_norm import ConvNorm, folded_bn
 
 __all__ = ['RepConvNorm', 'rep_conv2d', 'rep_conv2d_reference', 'rep_conv2d_merged', 'merge_branch_kernels']
@@ -158,26 +158,3 @@ class RepConvNorm(nn.Module):
         fused.weight.copy_(kernel)
         fused.bias.copy_(bias)
         return fused
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """FMViT's gMLP projections (1x1, groups 1/2/4) and local mixers (3x3 + 1x1 grouped + identity) at its stage
-    shapes (224 input), eval mode: the branches one by one vs merged into one convolution."""
-    cases = []
-    shapes = (
-        ('gMLP fc1', 64, 256, 56, ((1, 1), (1, 2), (1, 4)), False),
-        ('gMLP fc1', 128, 512, 28, ((1, 1), (1, 2), (1, 4)), False),
-        ('gMLP fc2', 1024, 256, 14, ((1, 1), (1, 2), (1, 4)), False),
-        ('mixer 3x3', 128, 128, 28, ((3, 4), (1, 4)), True),
-        ('mixer 3x3', 256, 256, 14, ((3, 8), (1, 8)), True),
-    )
-    for label, cin, cout, size, branches, identity in shapes:
-        module = RepConvNorm(cin, cout, branches, identity=identity).eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
-        x = torch.randn(batch_size, cin, size, size)
-        weights, biases, groups = module._folded()
-        cases.append(OpCase(f'rep_conv2d ({label})', f'B{batch_size} {cin}->{cout} {size}x{size} {branches}',
-                            impls=['reference', 'merged'],
-                            run=lambda impl, x=x, w=weights, b=biases, g=groups: rep_conv2d(x, w, b, g, impl=impl)))
-    return cases

@@ -17,16 +17,16 @@ Implementations of `reversed_attention(q, k, v, gate, scale) -> (out, recv)`:
 - `folded`: never forms A_R. The gate scales the values (N x d instead of N x N), the scale is folded into q,
   and the gate is appended to the values as one more column, so one matmul A_F^T @ [gate * v, gate] gives the
   output and, in its last column, the per-head received mass. SDPA cannot be used: it only computes A_F @ v,
-  and the reversed product needs A_F^T @ v (design/kernels.md 1.11).
+  and the reversed product needs A_F^T @ v.
 
 `dependency_mask(q, k, gate, scale)` returns the soft mask (B, N_parent, N_child); it is an analysis output
 (the dependency tree), not on the logits path, so it has a single (reference) form.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = ['dependency_mask', 'reversed_attention', 'reversed_attention_folded', 'reversed_attention_reference']
 
@@ -96,19 +96,3 @@ def dependency_mask(q: torch.Tensor, k: torch.Tensor, gate: torch.Tensor, scale:
     _check(q, k, k, gate)
     forward_attn = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1)
     return (forward_attn * gate[..., None]).sum(dim=1).transpose(-2, -1)
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """DependencyViT-Tiny/Small attention (12 heads of 16/32 channels) at 196 tokens, and the Lite token counts
-    after each pruning (164, 132, 100, 69)."""
-    cases = []
-    for dim, heads, tokens in ((192, 12, 196), (192, 12, 164), (192, 12, 132), (192, 12, 100), (192, 12, 69),
-                               (384, 12, 196)):
-        d = dim // heads
-        q, k, v = (torch.randn(batch_size, heads, tokens, d) for _ in range(3))
-        gate = torch.rand(batch_size, heads, tokens)
-        cases.append(OpCase(
-            'reversed_attention', f'B{batch_size} h{heads} N{tokens} d{d}', impls=['reference', 'folded'],
-            run=lambda impl, q=q, k=k, v=v, g=gate, s=d ** -0.5: torch.cat(
-                [t.flatten() for t in reversed_attention(q, k, v, g, s, impl=impl)])))
-    return cases

@@ -32,13 +32,13 @@ Operator `routed_attention(q, k, v, topk, num_heads, scale)` (steps 1-2) impleme
   further copies; the fused kernel never materialises the logits).
 'auto' tries them in that order. FLOPs are counted on the reference (its matmuls are the useful MACs).
 """
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = [
     'BiLevelRoutingAttention', 'region_partition', 'region_reverse', 'region_route', 'routed_attention',
@@ -310,34 +310,3 @@ class BiLevelRoutingAttention(nn.Module):
         if Hp != H or Wp != W:
             out = out[:, :H, :W].contiguous()
         return out
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """The routing-attention core (forward, and forward+backward as in training) and the whole BRA layer at
-    BiFormer-T/S and -B stage shapes (224 input). The reference is the official gather (see the module docstring)."""
-    cases = []
-    for dim, heads, size, topk in ((64, 2, 56, 1), (128, 4, 28, 4), (256, 8, 14, 16),
-                                   (96, 3, 56, 1), (192, 6, 28, 4), (384, 12, 14, 16)):
-        P, w2, scale = 49, (size // 7) ** 2, dim ** -0.5
-        q, k, v = torch.randn(batch_size, P, w2, 3 * dim).split(dim, dim=-1)
-        impls = ['reference', 'sdpa'] + (['masked'] if _can_use_masked(q, k, v, topk, heads, scale) is None else [])
-        shape = f'B{batch_size} C{dim} h{heads} {size}x{size} S7 topk{topk}'
-        cases.append(OpCase('routed_attention', shape, impls=impls,
-                            run=lambda impl, q=q, k=k, v=v, t=topk, h=heads, s=scale: routed_attention(
-                                q, k, v, t, h, s, impl=impl)))
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-
-        def train_step(impl, leaves=leaves, t=topk, h=heads, s=scale):
-            with torch.enable_grad():
-                out = routed_attention(*leaves, t, h, s, impl=impl)
-                grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
-            return torch.cat([g.flatten() for g in grads])
-        cases.append(OpCase('routed_attention fwd+bwd', shape, impls=impls, run=train_step))
-        layer = BiLevelRoutingAttention(dim, heads, n_win=7, topk=topk).eval()
-        x = torch.randn(batch_size, size, size, dim)
-
-        def run_layer(impl, layer=layer, x=x):
-            layer.kernel_impl = impl
-            return layer(x)
-        cases.append(OpCase('bi_level_routing_attention', shape, impls=['reference', 'auto'], run=run_layer))
-    return cases

@@ -29,13 +29,13 @@ Token selection (plain functions, no alternative kernels):
 - `straight_through_keep(s, threshold, tau)`: training decision hard(sigmoid((s - thr) / tau)) with the
   gradient of the sigmoid.
 """
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, OpCase, resolve_impl
+from .config import ImplTable, resolve_impl
 
 __all__ = [
     'AdaptiveThreshold', 'attention_with_cls_score', 'attention_with_cls_score_reference',
@@ -172,16 +172,3 @@ class AdaptiveThreshold(nn.Module):
 
     def forward(self, score: torch.Tensor) -> torch.Tensor:
         return straight_through_keep(score, self.keep_threshold)
-
-
-def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
-    """Attention with the class score at DeiT-Tiny/Small shapes: all 197 tokens and after pruning (~70%, ~34%)."""
-    cases = []
-    for dim, heads in ((192, 3), (384, 6)):
-        for tokens in (197, 138, 68):
-            d = dim // heads
-            q, k, v = (torch.randn(batch_size, heads, tokens, d) for _ in range(3))
-            cases.append(OpCase(
-                'attention_with_cls_score', f'B{batch_size} h{heads} N{tokens} d{d}', impls=['reference', 'sdpa'],
-                run=lambda impl, q=q, k=k, v=v, s=d ** -0.5: attention_with_cls_score(q, k, v, s, impl=impl)[0]))
-    return cases

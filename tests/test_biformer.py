@@ -6,9 +6,8 @@ import timm
 import torch
 
 from engine.profile import peak_allocated_mib
-from layers import (
-    BiLevelRoutingAttention, KernelUnavailableError, region_partition, region_reverse, region_route, routed_attention,
-)
+from layers import BiLevelRoutingAttention, KernelUnavailableError, routed_attention
+from layers.routing_attn import region_partition, region_reverse, region_route
 
 
 def test_region_partition_order_and_inverse():

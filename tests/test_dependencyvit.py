@@ -4,7 +4,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from layers import dependency_mask, kernel_impl, reversed_attention, reversed_attention_reference
+from layers import dependency_mask, kernel_impl, reversed_attention
+from layers.reversed_attn import reversed_attention_reference
 
 
 def _photos(size: int = 224) -> torch.Tensor:

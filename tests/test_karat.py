@@ -8,7 +8,8 @@ import torch
 
 from backbones._helpers import CheckpointMismatchError
 from engine.profile import count_flops
-from layers import FourierKArAt, fourier_kan_attention, fourier_kan_attention_reference
+from layers import FourierKArAt, fourier_kan_attention
+from layers.kan_attn import fourier_kan_attention_reference
 
 VARIANTS = {  # name: (timm softmax ViT it extends, heads, G, universal)
     'karat_vit_tiny_g3b': ('vit_tiny_patch16_224', 3, 3, False),

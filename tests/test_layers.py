@@ -1,6 +1,7 @@
 """Every fast operator implementation equals its reference, forward and backward; dispatch behaves.
 
-A new operator adds tests/op_specs/<op>.py with its `SPECS` and inherits every check below.
+A new operator file layers/<op>.py adds tests/op_specs/<op>.py with its `SPECS` (and inherits every check below) and
+engine/op_cases/<op>.py with its benchmark cases.
 """
 import importlib
 import os
@@ -13,7 +14,9 @@ import torch
 from timm.layers import set_layer_config
 
 import layers
+from engine.op_cases import benchmark_cases
 from layers import KernelUnavailableError, dilated_dwconv2d, kernel_impl
+from op_harness import LAYOUTS
 
 
 def _collect_specs():
@@ -64,17 +67,31 @@ def test_reference_gradcheck(spec):
     assert torch.autograd.gradcheck(lambda *t: spec.reference(*t, **kwargs), tensors)
 
 
+def _in_other_layout(tensors, layout):
+    """The same values in the other memory layout a model hands over (see `op_harness.LAYOUTS`)."""
+    if layout == 'nchw':
+        return [t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in tensors]
+    return [t.transpose(-2, -1).contiguous().transpose(-2, -1) if t.ndim >= 2 else t for t in tensors]
+
+
 @pytest.mark.parametrize('spec', OP_SPECS, ids=lambda s: s.name)
-def test_fast_impls_preserve_layout(spec):
-    case = next((c for c in spec.cases if c.get('layout') == 'channels_last'), None)
-    if case is None:
-        pytest.skip(f'{spec.name} takes no image-layout tensors')
-    tensors, kwargs = spec.make_inputs(case, torch.float32)
-    for impl in spec.fast_impls:
-        out = spec.op(*tensors, **kwargs, impl=impl)
+def test_impls_accept_the_layouts_models_hand_over(spec):
+    assert spec.layout in LAYOUTS, f'{spec.name}: layout {spec.layout!r} is not one of {LAYOUTS}'
+    changed = False
+    for case in spec.cases:
+        tensors, kwargs = spec.make_inputs(case, torch.float64)
+        other = _in_other_layout(tensors, spec.layout)
+        changed |= any(t.stride() != o.stride() for t, o in zip(tensors, other))
         ref = spec.reference(*tensors, **kwargs)
-        assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(
-            memory_format=torch.channels_last)
+        ref_other = spec.reference(*other, **kwargs)
+        torch.testing.assert_close(ref_other, ref, rtol=0, atol=1e-10)
+        for impl in spec.fast_impls:
+            out = spec.op(*other, **kwargs, impl=impl)
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+            if spec.layout == 'nchw':
+                assert out.is_contiguous(memory_format=torch.channels_last) == ref_other.is_contiguous(
+                    memory_format=torch.channels_last), f'{impl} returns another memory format than the reference'
+    assert changed, f'{spec.name}: no case has an input whose layout the test could change'
 
 
 def test_dispatch_auto_picks_fast_when_usable(monkeypatch):
@@ -129,7 +146,7 @@ def test_kernel_impl_context_restores_and_env_var():
 
 
 def test_every_benchmark_case_runs_every_listed_impl():
-    for case in layers.benchmark_cases(batch_size=1):
+    for case in benchmark_cases(batch_size=1):
         baseline = case.run(case.impls[0])
         for impl in case.impls[1:]:
             out = case.run(impl)
@@ -153,3 +170,11 @@ def test_flops_setting_selects_the_countable_implementation(monkeypatch):
     with kernel_impl('reference'):
         la.linear_attention(q, k, v, 0.3)
     assert calls == ['linear']
+
+
+def test_every_operator_file_has_specs_and_benchmark_cases():
+    root = Path(__file__).resolve().parents[1]
+    operators = {p.stem for p in (root / 'layers').glob('*.py') if p.stem != 'config' and 'resolve_impl(' in p.read_text()}
+    specs = {p.stem for p in (root / 'tests' / 'op_specs').glob('[!_]*.py')}
+    cases = {p.stem for p in (root / 'engine' / 'op_cases').glob('[!_]*.py')}
+    assert operators and specs == operators and cases == operators, (operators ^ specs, operators ^ cases)

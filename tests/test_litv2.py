@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from backbones.litv2 import checkpoint_filter_fn
 from detweights import build_state_dict, fixture_input
-from layers import DeformTokenMerge, HiLoAttention, deform_conv2d, hilo_head_split, kernel_impl
+from layers import DeformTokenMerge, HiLoAttention, deform_conv2d, kernel_impl
+from layers.hilo_attn import hilo_head_split
 
 FIXTURE = json.loads((Path(__file__).parent / 'fixtures' / 'litv2_litv2_s.json').read_text())
 

@@ -2,7 +2,7 @@
 the borders, offset groups, weight groups and the DCNv2 mask."""
 import torch
 
-from layers import deform_conv2d, deform_conv2d_reference
+from layers.deform_conv import deform_conv2d, deform_conv2d_reference
 from op_harness import OpSpec
 
 
@@ -36,6 +36,6 @@ SPECS = [
             dict(b=1, c=3, h=6, w=6, c_out=4, k=3, s=2, p=2, dil=2, reach=8.),  # dilation, far outside
             dict(b=2, c=3, h=5, w=4, c_out=2, k=1, reach=0.7),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='nchw',
     ),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/dynamic_conv.py (ContMix)."""
 import torch
 
-from layers import contmix, contmix_reference
+from layers.dynamic_conv import contmix, contmix_reference
 from op_harness import OpSpec
 
 
@@ -35,6 +35,6 @@ SPECS = [
             dict(b=2, cq=6, cv=12, g=3, h=7, w=11, ks=(5, 7)),
             dict(b=1, cq=4, cv=12, g=2, h=17, w=13, ks=(3, 5, 7)),  # three kernel sizes, tiled windows
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='nchw',
     ),
 ]

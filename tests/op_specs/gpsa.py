@@ -1,7 +1,7 @@
 """Test cases for layers/gpsa.py (gated positional self-attention)."""
 import torch
 
-from layers import gated_positional_attention, gated_positional_attention_reference, relative_offsets_2d
+from layers.gpsa import gated_positional_attention, gated_positional_attention_reference, relative_offsets_2d
 from op_harness import OpSpec
 
 
@@ -25,6 +25,6 @@ SPECS = [
             dict(b=2, h=3, rows=5, cols=7, d=16),  # non-square grid
             dict(b=1, h=9, rows=4, cols=4, d=12),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]

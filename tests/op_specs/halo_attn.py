@@ -2,8 +2,10 @@
 relative logits)."""
 import torch
 
-from layers import blocked_attention, blocked_attention_reference, halo_attention, halo_attention_core
-from layers.halo_attn import halo_attention_core_reference, halo_attention_reference
+from layers.halo_attn import (
+    blocked_attention, blocked_attention_reference, halo_attention, halo_attention_core, halo_attention_core_reference,
+    halo_attention_reference,
+)
 from op_harness import OpSpec
 
 
@@ -23,7 +25,7 @@ SPECS = [
             dict(n=1, blocks=1, queries=1, keys=9, d=8),
             dict(n=2, blocks=6, queries=16, keys=64, d=8, dv=12, bias_scaled=True),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]
 
@@ -46,7 +48,7 @@ SPECS.append(OpSpec(
         dict(n=2, blocks=2, block=7, win=11, d=8, bias_scaled=True),
         dict(n=1, blocks=1, block=1, win=3, d=4),
     ],
-    make_inputs=_core_inputs,
+    make_inputs=_core_inputs, layout='tokens',
 ))
 
 
@@ -73,5 +75,5 @@ SPECS.append(OpSpec(
         dict(B=1, heads=3, block=6, halo=3, d=4, grid=(2, 3), bias_scaled=True),  # non-square grid
         dict(B=2, heads=2, block=8, halo=2, d=8, grid=(1, 1), stride=2),
     ],
-    make_inputs=_map_inputs,
+    make_inputs=_map_inputs, layout='nchw',
 ))

@@ -1,7 +1,7 @@
 """Test cases for layers/hilo_attn.py: HiLo attention, incl. maps not divisible by the window and single branches."""
 import torch
 
-from layers import hilo_attention, hilo_attention_reference
+from layers.hilo_attn import hilo_attention, hilo_attention_reference
 from op_harness import OpSpec
 
 
@@ -55,6 +55,6 @@ SPECS = [
             dict(b=1, h=5, w=5, c=16, d=8, ws=2, hi=0, lo=2),  # alpha 1: pooled keys/values only
             dict(b=2, h=6, w=4, c=16, d=8, ws=2, hi=1, lo=1, layout='strided'),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]

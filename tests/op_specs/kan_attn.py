@@ -1,7 +1,7 @@
 """Test cases for layers/kan_attn.py (Fourier-KArAt: the per-row reference vs the vectorised form)."""
 import torch
 
-from layers import FourierKArAt, fourier_kan_attention, fourier_kan_attention_reference
+from layers.kan_attn import FourierKArAt, fourier_kan_attention, fourier_kan_attention_reference
 from op_harness import OpSpec
 
 
@@ -31,6 +31,6 @@ SPECS = [
             dict(b=1, h=1, n=1, d=4, r=2, g=2, base_act='silu'),  # a single token
             dict(b=1, h=2, n=197, d=16, r=12, g=3, base_act='zero'),  # ViT's 197 tokens, the published r and G
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/large_kernel_conv.py."""
 import torch
 
-from layers import dilated_dwconv2d, dilated_dwconv2d_reference
+from layers.large_kernel_conv import dilated_dwconv2d, dilated_dwconv2d_reference
 from op_harness import OpSpec
 
 
@@ -38,6 +38,6 @@ SPECS = [
             dict(b=2, c=6, h=17, w=10, k=3, d=4, layout='channels_last'),
             dict(b=2, c=6, h=12, w=15, k=7, d=3, layout='strided'),
         ],
-        make_inputs=_dwconv_inputs,
+        make_inputs=_dwconv_inputs, layout='nchw',
     ),
 ]

@@ -1,9 +1,7 @@
-"""Test cases for layers/linear_attn.py: linear-time MALA/plain linear attention and softmax attention with RoPE."""
+"""Test cases for layers/linear_attn.py: linear-time MALA and plain linear attention with 2-D RoPE."""
 import torch
 
-from layers import (
-    linear_attention, linear_attention_reference, rope_2d, softmax_attention, softmax_attention_reference,
-)
+from layers.linear_attn import linear_attention, linear_attention_reference, rope_2d
 from op_harness import OpSpec
 
 
@@ -31,9 +29,9 @@ _CASES = [
 
 SPECS = [
     OpSpec(name='linear_attention_mala', op=linear_attention, reference=linear_attention_reference,
-           fast_impls=['linear'], cases=[dict(c, magnitude_aware=True) for c in _CASES], make_inputs=_inputs),
+           fast_impls=['linear'], cases=[dict(c, magnitude_aware=True) for c in _CASES], make_inputs=_inputs,
+           layout='tokens'),
     OpSpec(name='linear_attention_plain', op=linear_attention, reference=linear_attention_reference,
-           fast_impls=['linear'], cases=[dict(c, magnitude_aware=False) for c in _CASES], make_inputs=_inputs),
-    OpSpec(name='softmax_attention_rope', op=softmax_attention, reference=softmax_attention_reference,
-           fast_impls=['sdpa'], cases=_CASES, make_inputs=_inputs),
+           fast_impls=['linear'], cases=[dict(c, magnitude_aware=False) for c in _CASES], make_inputs=_inputs,
+           layout='tokens'),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/ls_conv.py (small-kernel aggregation)."""
 import torch
 
-from layers import ska, ska_reference
+from layers.ls_conv import ska, ska_reference
 from op_harness import OpSpec
 
 
@@ -28,6 +28,6 @@ SPECS = [
             dict(b=2, c=16, g=2, h=7, w=6, layout='channels_last'),
             dict(b=1, c=8, g=2, h=6, w=6, layout='strided'),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='nchw',
     ),
 ]

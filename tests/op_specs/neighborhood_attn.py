@@ -1,8 +1,7 @@
 """Test cases for layers/neighborhood_attn.py (NATTEN border semantics; small maps, several kernels/dilations)."""
 import torch
 
-from layers import na2d, na2d_av, na2d_av_reference, na2d_reference
-from layers.neighborhood_attn import _HAS_NATTEN
+from layers.neighborhood_attn import _HAS_NATTEN, na2d, na2d_av, na2d_av_reference, na2d_reference
 from op_harness import OpSpec
 
 # (B, G, H, W, D, kernel, dilation): borders shift the windows; maps from exactly K * d to several tiles
@@ -45,7 +44,8 @@ def _na_call(fn):
 
 SPECS = [
     OpSpec(name='na2d_av', op=na2d_av, reference=na2d_av_reference,
-           fast_impls=['blocked'] + (['natten'] if _HAS_NATTEN else []), cases=_CASES, make_inputs=_av_inputs),
+           fast_impls=['blocked'] + (['natten'] if _HAS_NATTEN else []), cases=_CASES, make_inputs=_av_inputs,
+           layout='tokens'),
     OpSpec(name='na2d', op=_na_call(na2d), reference=_na_call(na2d_reference), fast_impls=['blocked'],
-           cases=_CASES, make_inputs=_na_inputs),
+           cases=_CASES, make_inputs=_na_inputs, layout='tokens'),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/rep_conv.py (multi-branch re-parameterizable convolution, eval form)."""
 import torch
 
-from layers import rep_conv2d, rep_conv2d_reference
+from layers.rep_conv import rep_conv2d, rep_conv2d_reference
 from op_harness import OpSpec
 
 
@@ -40,6 +40,6 @@ SPECS = [
             dict(b=1, cin=4, cout=4, h=1, w=1, branches=((3, 1), (1, 4))),  # a single pixel: only centre taps
             dict(b=2, cin=8, cout=16, h=6, w=6, branches=((3, 4), (1, 2)), layout='channels_last'),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='nchw',
     ),
 ]

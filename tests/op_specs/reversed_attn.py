@@ -1,7 +1,7 @@
 """Test cases for layers/reversed_attn.py (DependencyViT's reversed attention and received message mass)."""
 import torch
 
-from layers import reversed_attention, reversed_attention_reference
+from layers.reversed_attn import reversed_attention, reversed_attention_reference
 from op_harness import OpSpec
 
 
@@ -37,6 +37,6 @@ SPECS = [
             dict(b=3, h=3, n=17, d=4),
             dict(b=1, h=1, n=1, d=4),  # a single token: it is its own parent
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/routing_attn.py (bi-level routing attention core on region-major tokens)."""
 import torch
 
-from layers import routed_attention, routed_attention_reference
+from layers.routing_attn import routed_attention, routed_attention_reference
 from op_harness import OpSpec
 
 
@@ -47,11 +47,11 @@ SPECS = [
             dict(n=1, S=7, rh=2, rw=2, cq=8, cv=8, heads=1, topk=1, ties=True),
             dict(n=2, S=4, rh=3, rw=3, cq=8, cv=8, heads=2, topk=3, padded=True),
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
     # `masked` only runs where at least a quarter of the regions are routed
     OpSpec(
         name='routed_attention[masked]', op=routed_attention, reference=routed_attention_reference,
-        fast_impls=['masked'], cases=_SHARED_CASES, make_inputs=_inputs,
+        fast_impls=['masked'], cases=_SHARED_CASES, make_inputs=_inputs, layout='tokens',
     ),
 ]

@@ -1,7 +1,7 @@
 """Test cases for layers/token_prune.py (attention with the class-attention pruning score)."""
 import torch
 
-from layers import attention_with_cls_score, attention_with_cls_score_reference
+from layers.token_prune import attention_with_cls_score, attention_with_cls_score_reference
 from op_harness import OpSpec
 
 
@@ -42,6 +42,6 @@ SPECS = [
             dict(b=2, h=6, n=68, d=64, layout='strided'),
             dict(b=1, h=1, n=1, d=4),  # only the class token left
         ],
-        make_inputs=_inputs,
+        make_inputs=_inputs, layout='tokens',
     ),
 ]
