@@ -13,7 +13,6 @@
 Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
 """
-import argparse
 import copy
 import csv
 import json
@@ -29,32 +28,39 @@ from engine.profile import (
     count_flops, count_params, resolve_model_names, sample_photos, time_model, time_ops,
 )
 from engine.cli import create_model_checked, run_cli
-from engine.config import parse_kv
+from engine.config import ParseKwargs, make_parser
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(__doc__)
     parser.add_argument('models', nargs='*', help='model names or globs (quote globs)')
+    parser.add_argument('-m', '--model', action='append', default=[], help='a model name or glob (repeatable)')
     parser.add_argument('--all', action='store_true', help='every model of the zoo')
     parser.add_argument('--ops', action='store_true', help='time the layers operators instead of models')
     parser.add_argument('--ops-filter', default='', help='only operator cases whose "op shape" contains this')
     parser.add_argument('--ops-max-cases', type=int, default=None)
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('-b', '--batch-size', type=int, default=None, help='one batch size (as --batch-sizes B)')
     parser.add_argument('--img-size', type=int, default=None, help='square input side (default: the model\'s)')
     parser.add_argument('--mode', default='infer', choices=['infer', 'train'])
-    parser.add_argument('--iters', type=int, default=12, help='timed calls per measurement')
-    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--bench', default=None, choices=['inference', 'infer', 'train', 'both', 'profile'],
+                        help="timm's name: 'inference'/'train' (as --mode), 'both' (each), 'profile' (params and "
+                             "FLOPs only)")
+    parser.add_argument('--iters', '--num-bench-iter', type=int, default=12, help='timed calls per measurement')
+    parser.add_argument('--warmup', '--num-warm-iter', type=int, default=3, help='untimed calls first')
     parser.add_argument('--dtype', default='float32', choices=list(_DTYPES), help='autocast dtype for timing')
+    parser.add_argument('--amp', action='store_true', help='time under autocast with --amp-dtype (as --dtype)')
+    parser.add_argument('--amp-dtype', default='bfloat16', choices=['float16', 'bfloat16'])
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--kernel-impl', default='auto', choices=list(layers.GLOBAL_IMPLS))
     parser.add_argument('--compare-impl', action='store_true',
                         help='time every model with reference and with fast kernels, interleaved, and print the ratio')
-    parser.add_argument('--model-kwargs', nargs='*', default=[], type=parse_kv, help='model args key=value')
-    parser.add_argument('--compare-kwargs', nargs='*', default=None, type=parse_kv,
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='model args key=value')
+    parser.add_argument('--compare-kwargs', nargs='*', default=None, action=ParseKwargs,
                         help='also time the model built with these args (e.g. prune_mode=none), interleaved, and '
                              'print the ratio')
     parser.add_argument('--compare-model', default='',
@@ -63,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-arch', default='',
                         help='time this other architecture (any timm model, its own random weights) interleaved, and '
                              'print the ratio; with --deploy it is re-parameterized too')
-    parser.add_argument('--deploy', action='store_true',
+    parser.add_argument('--deploy', '--reparam', action='store_true',
                         help='count and time the deployment form (timm\'s reparameterize_model: fuse() / '
                              'reparameterize() of every module that has one)')
     parser.add_argument('--compare-fused', action='store_true',
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num-threads', type=int, default=None)
     parser.add_argument('--json', default='', help='write results as JSON here')
     parser.add_argument('--csv', default='', help='write results as CSV here')
+    parser.add_argument('--results-file', default='', help='write results here (timm\'s name)')
+    parser.add_argument('--results-format', default=None, choices=['csv', 'json'],
+                        help='default: json for a .json file name, else csv (as timm)')
     return parser
 
 
@@ -118,7 +127,8 @@ def _benchmark_model(name, args, device):
     timed = model
     if args.torchcompile:
         timed = torch.compile(model, backend=args.torchcompile)
-    for batch_size in args.batch_sizes:
+    steps = [(mode, batch_size) for mode in args.modes for batch_size in args.batch_sizes]
+    for mode, batch_size in tqdm(steps, desc=name, leave=False, disable=len(steps) < 2, dynamic_ncols=True):
         inputs = photos[:batch_size] if photos is not None else None
         extra = {}
         if args.compare_impl:
@@ -145,9 +155,9 @@ def _benchmark_model(name, args, device):
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(weights)
             extra['other'] = deploy(other)
-        result = time_model(timed, batch_size, input_size, device, args.mode, _DTYPES[args.dtype],
+        result = time_model(timed, batch_size, input_size, device, mode, _DTYPES[args.dtype],
                             args.channels_last, args.iters, args.warmup, extra, inputs)
-        row = dict(base, batch_size=batch_size, mode=args.mode, dtype=args.dtype,
+        row = dict(base, batch_size=batch_size, mode=mode, dtype=args.dtype,
                    kernel_impl='auto' if args.compare_impl else args.kernel_impl, **result['model'])
         if args.compare_impl:
             ref = result['reference']
@@ -163,7 +173,7 @@ def _benchmark_model(name, args, device):
                        fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
         if args.compare_kwargs is not None:
             other = result['other']
-            row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs),
+            row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs.items()),
                        other_img_per_s=other['img_per_s'], model_vs_other=row['img_per_s'] / other['img_per_s'])
         rows.append(row)
     return rows
@@ -171,12 +181,25 @@ def _benchmark_model(name, args, device):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.models = list(args.models) + list(args.model)
+    if args.batch_size is not None:
+        args.batch_sizes = [args.batch_size]
+    if args.amp:
+        args.dtype = args.amp_dtype
+    args.modes = [args.mode]
+    if args.bench in ('inference', 'infer', 'train'):
+        args.modes = ['train' if args.bench == 'train' else 'infer']
+    elif args.bench == 'both':
+        args.modes = ['infer', 'train']
+    elif args.bench == 'profile':
+        args.no_timing = True
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     layers.set_kernel_impl(args.kernel_impl)
     device = torch.device(args.device)
     if args.ops:
-        rows = time_ops(args.batch_sizes[-1], args.iters, args.warmup, args.ops_filter, args.ops_max_cases)
+        rows = time_ops(args.batch_sizes[-1], args.iters, args.warmup, args.ops_filter, args.ops_max_cases,
+                        progress=True)
         print(f'layers operators, batch {args.batch_sizes[-1]}, float32, {torch.get_num_threads()} threads, '
               f'min of {args.iters} interleaved calls; speedup = time of the first impl listed / impl time; '
               'peak MiB = most memory one call holds allocated at once (profiler), mem/first = its ratio to the first')
@@ -190,13 +213,14 @@ def main(argv=None) -> int:
             raise ValueError('name at least one model (or a glob), or use --all or --ops')
         names = resolve_model_names(args.models, args.all)
         rows = []
-        for name in tqdm(names, desc='models', disable=len(names) < 2, leave=False):
+        for name in tqdm(names, desc='models', disable=len(names) < 2, leave=False, dynamic_ncols=True):
             rows += _benchmark_model(name, args, device)
         columns = [('model', lambda r: r['model']), ('params(M)', lambda r: f'{r["params"] / 1e6:.2f}'),
                    ('input', lambda r: r['input_size'])]
         if not args.no_flops:
             columns += [('GMACs', lambda r: f'{r["gmacs"]:.3f}'), ('GFLOPs', lambda r: f'{r["gflops"]:.3f}')]
         if not args.no_timing:
+            columns += ([('mode', lambda r: r['mode'])] if len(args.modes) > 1 else [])
             columns += [('batch', lambda r: str(r['batch_size'])), ('ms/batch', lambda r: f'{r["latency_ms"]:.1f}'),
                         ('img/s', lambda r: f'{r["img_per_s"]:.1f}'),
                         ('peak MiB', lambda r: _fmt(r['peak_mem_mib'], '.0f'))]
@@ -215,19 +239,24 @@ def main(argv=None) -> int:
             if args.compare_kwargs is not None:
                 columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]
-        print(f'{args.device}, {args.mode}, {args.dtype}, {torch.get_num_threads()} threads'
+        print(f'{args.device}, {"+".join(args.modes)}, {args.dtype}, {torch.get_num_threads()} threads'
               + (', deployed (re-parameterized)' if args.deploy else '')
               + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
         _print_table(rows, columns)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(rows, f, indent=2)
-    if args.csv and rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+    outputs = [(args.json, 'json'), (args.csv, 'csv')]
+    if args.results_file:
+        outputs.append((args.results_file, args.results_format or (
+            'json' if args.results_file.lower().endswith('.json') else 'csv')))
+    for path, results_format in outputs:
+        if path and results_format == 'json':
+            with open(path, 'w') as f:
+                json.dump(rows, f, indent=2)
+        elif path and rows:
+            keys = list(dict.fromkeys(k for r in rows for k in r))
+            with open(path, 'w', newline='') as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
     return 0
 
 

@@ -360,9 +360,13 @@ class AdaptiveSparseViT(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(x + self.pos_embed)
 
-    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[int], take: Sequence[int] = (), norm: bool = False):
-        """Run blocks[...] with pruning. Returns (tokens, key_mask, intermediates on the full patch grid)."""
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[int], take: Sequence[int] = (), norm: bool = False,
+                    keep_log: Optional[List[torch.Tensor]] = None):
+        """Run blocks[...] with pruning. Returns (tokens, key_mask, intermediates on the full patch grid).
+
+        `keep_log` (inference only), if a list, receives each pruning stage's kept patch tokens, (B, N) bool."""
         B, N = x.shape[0], x.shape[1] - 1
+        track = bool(take) or keep_log is not None
         training = self.training
         score, key_mask, policy = None, None, None
         position = None  # (B, K): grid index of each current patch token; N marks padding
@@ -384,10 +388,13 @@ class AdaptiveSparseViT(nn.Module):
                     else:
                         index, valid = select_tokens_batch_topk(score, threshold), None
                     x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], index)], dim=1)
-                    if take:
+                    if track:
                         position = index if position is None else gather_tokens(position, index)
                         if valid is not None:
                             position = position.masked_fill(~valid, N)
+                    if keep_log is not None:
+                        kept = torch.zeros(B, N + 1, dtype=torch.bool, device=x.device).scatter(1, position, True)
+                        keep_log.append(kept[:, :N])
                 stage += 1
             blk = self.blocks[i]
             if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -415,6 +422,20 @@ class AdaptiveSparseViT(nn.Module):
             fill = torch.where(key_mask, fill, has_tokens.expand_as(fill))
             x = gather_tokens(x, fill)
         return x, intermediates
+
+    @torch.no_grad()
+    def kept_token_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens each pruning stage keeps at inference, read from the forward's own selection.
+
+        Returns (stages, B, N) bool over the patch grid (row-major, `grid_size`); no stages with prune_mode 'none'.
+        """
+        if self.training:
+            raise RuntimeError('kept_token_masks reads the inference-time selection: call model.eval() first')
+        keep_log = []
+        self._run_blocks(self._embed(x), range(len(self.blocks)), keep_log=keep_log)
+        if not keep_log:
+            return torch.zeros(0, x.shape[0], self.patch_embed.num_patches, dtype=torch.bool, device=x.device)
+        return torch.stack(keep_log)
 
     def forward_intermediates(
             self,

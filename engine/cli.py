@@ -9,6 +9,7 @@ import timm
 import backbones
 from .checkpoint import CheckpointError, load_checkpoint_file
 from .data import BadImageError
+from .loops import TrainingDivergedError
 
 __all__ = ['create_model_checked', 'run_cli']
 
@@ -50,9 +51,13 @@ def create_model_checked(model_name: str, checkpoint: Optional[str] = None, use_
 
 
 def run_cli(main: Callable[[], int], prog: str) -> None:
-    """Run a CLI's main(); errors about the user's input end with one clear line and exit code 2, no traceback."""
+    """Run a CLI's main(); errors about the user's input end with one clear line and exit code 2, a diverged
+    training run with one line and exit code 1; no traceback."""
     try:
         sys.exit(main())
+    except TrainingDivergedError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        sys.exit(1)
     except (ValueError, FileNotFoundError, CheckpointError, BadImageError) as e:
         message = str(e).strip()
         if 'Original Traceback' in message:  # raised in a DataLoader worker: keep the worker's own message

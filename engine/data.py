@@ -22,10 +22,28 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 
 __all__ = [
     'BadImageError', 'DigitsDataset', 'ImageFolderDataset', 'ResumableSampler', 'SeededTransform',
-    'WebDatasetShards', 'collate_skip_bad', 'export_image_folder', 'export_webdataset', 'load_image',
+    'WebDatasetShards', 'collate_skip_bad', 'export_image_folder', 'export_webdataset', 'load_image', 'split_folder',
 ]
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+# Folder names that are data set splits, never classes; the pairs are names timm treats as the same split.
+SPLIT_NAMES = ('train', 'training', 'val', 'validation', 'valid', 'test', 'eval', 'evaluation')
+_SPLIT_ALIASES = {'val': ('validation', 'valid'), 'validation': ('val', 'valid'), 'train': ('training',),
+                  'test': ('eval',)}
+
+
+def split_folder(root, split: str, required: bool = False) -> str:
+    """The folder of `split` in a data set root, as timm finds it: `<root>/<split>` (or the split's other name,
+    val <-> validation). If there is none, the root itself (a folder of classes), unless `required`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f'Data folder {root} does not exist')
+    for name in (split, *_SPLIT_ALIASES.get(split, ())):
+        if (root / name).is_dir():
+            return str(root / name)
+    if required:
+        raise FileNotFoundError(f'Data folder {root} has no {split!r} split (expected {root / split}/<class>/<image>)')
+    return str(root)
 
 
 class BadImageError(RuntimeError):
@@ -146,6 +164,11 @@ class ImageFolderDataset(_IndexedImageDataset):
         self.class_names = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not self.class_names:
             raise ValueError(f'Image folder {root} has no class sub-folders (expected root/<class>/<image>)')
+        splits = [name for name in self.class_names if name.lower() in SPLIT_NAMES]
+        if splits:
+            raise ValueError(f'Image folder {root} holds data set splits ({", ".join(splits)}), not classes: give '
+                             f'the data set root with the split to read (eval.py ROOT --split val), or the split '
+                             f'folder itself')
         self.samples = [
             (str(path), label)
             for label, name in enumerate(self.class_names)

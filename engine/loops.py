@@ -14,7 +14,11 @@ from timm.utils import accuracy, dispatch_clip_grad, reduce_tensor, unwrap_model
 
 from .losses import DistillationLoss
 
-__all__ = ['evaluate', 'train_one_epoch', 'write_jsonl']
+__all__ = ['TrainingDivergedError', 'evaluate', 'train_one_epoch', 'write_jsonl']
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or the weights) stopped being finite; the message names the epoch, step and loss."""
 
 
 def train_one_epoch(
@@ -63,7 +67,7 @@ def train_one_epoch(
                 if aux_loss is not None:  # a model's own training term, e.g. AS-ViT's FLOPs budget
                     loss = loss + aux_loss()
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f'loss is {loss.item()} at epoch {epoch} step {step}; stopping')
+                raise TrainingDivergedError(f'training diverged at epoch {epoch}, step {step}: loss is {loss.item()}')
             scaled = loss / accum
             if loss_scaler is not None:
                 loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import timm
 import torch
+from tqdm import tqdm
 
 import layers
 from layers.flops import flop_count
@@ -82,20 +83,11 @@ def time_interleaved(functions: Dict[str, Callable[[], object]], iters: int, war
     return times
 
 
-def _read_status_kb(field: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> Optional[float]:
-    """Peak extra memory (MiB) while `fn` runs: CUDA allocator peak, or on CPU the process's peak RSS above its
-    RSS before the call (Linux: VmHWM after resetting it through /proc/self/clear_refs). None where unknown."""
+def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory (MiB) that one call of `fn` holds allocated at once above what was allocated before it: the
+    CUDA allocator's peak, or on CPU the peak of the profiler's allocation events (`peak_allocated_mib`), which
+    sees every tensor the call allocates whatever the allocator caches (the process's resident set does not grow
+    when freed memory is reused, so it reads 0 for many models)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -103,22 +95,12 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device) -> Optio
         fn()
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        return None
-    before = _read_status_kb('VmRSS')
-    fn()
-    peak = _read_status_kb('VmHWM')
-    if before is None or peak is None:
-        return None
-    return max(0, peak - before) / 1024
+    return peak_allocated_mib(fn)
 
 
 def peak_allocated_mib(fn: Callable[[], object]) -> float:
     """Peak of the bytes that `fn` itself holds allocated at once on the CPU (MiB), from the profiler's allocation
-    events: exact and independent of the allocator's caching, unlike the RSS that `measure_peak_memory` reads."""
+    events (torch.profiler with profile_memory): exact and independent of the allocator's caching."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -196,15 +178,16 @@ def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
 
 
 def time_ops(batch_size: int = 8, iters: int = 10, warmup: int = 2, name_filter: str = '',
-             max_cases: Optional[int] = None) -> List[Dict]:
+             max_cases: Optional[int] = None, progress: bool = False) -> List[Dict]:
     """Time every operator case of `engine.op_cases` for each of its implementations, interleaved; ratios vs the first.
 
     Also the peak memory each implementation allocates during one call (`peak_allocated_mib`) and its ratio to the
     first's. Cases run without autograd unless the case itself enables it (the forward+backward cases).
+    `progress` shows a progress bar over the cases.
     """
     rows = []
     cases = [c for c in benchmark_cases(batch_size) if name_filter in f'{c.op} {c.shape}']
-    for case in cases[:max_cases]:
+    for case in tqdm(cases[:max_cases], desc='operators', disable=not progress, leave=False, dynamic_ncols=True):
         baseline = case.impls[0]
         with torch.no_grad():
             reference_out = case.run(baseline)

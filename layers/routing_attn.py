@@ -293,6 +293,15 @@ class BiLevelRoutingAttention(nn.Module):
         region_sizes = (rows[:, None] * cols[None, :]).flatten() if pad_b or pad_r else None
         return region_partition(qkv, grid), grid, qkv.shape[1:3], region_sizes
 
+    @torch.no_grad()
+    def routed_regions(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """The routing that forward(x) does, read-only: ((N, P, topk) indices of the key regions each query region
+        attends to, region grid (rows, cols)); regions are numbered row-major on the grid."""
+        qkv, grid, _, region_sizes = self._legacy_grid(x) if self.mode == 'legacy' else self._nchw_grid(x)
+        q, k, _ = qkv.split([self.qk_dim, self.qk_dim, self.dim], dim=-1)
+        route_scale = 1.0 if self.mode == 'nchw' else self.scale
+        return region_route(q, k, self.topk, route_scale, region_sizes), grid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, H, W, C) -> (N, H, W, C)."""
         N, H, W, C = x.shape
