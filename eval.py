@@ -85,8 +85,8 @@ def write_results(path, result, results_format=None) -> None:
         path.write_text(json.dumps(result, indent=2))
         return
     rows = result.get('images') or [result]
-    flat = [{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in dict(row, model=result['model']).items()}
-            for row in rows]
+    flat = [{k: json.dumps(v) if isinstance(v, (list, dict)) else v
+             for k, v in dict(row, model=result['model']).items()} for row in rows]
     with open(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         writer.writeheader()

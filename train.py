@@ -543,7 +543,8 @@ def main(argv=None) -> int:
                     record.update({f'ema_{k}': v for k, v in ema_metrics.items() if k in ('loss', 'top1', 'top5')})
             if args.is_primary:
                 write_jsonl(metrics_path, record)
-                _logger.info(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
+                _logger.info(' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
+                                      for k, v in record.items()))
                 if args.log_wandb:
                     import wandb
                     wandb.log(record, step=epoch)

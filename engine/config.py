@@ -64,7 +64,8 @@ def _coerce(action: argparse.Action, key: str, value):
         try:
             return action.type(v)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f'config key {key!r}: {v!r} is not a valid {getattr(action.type, "__name__", "value")}') from e
+            kind = getattr(action.type, '__name__', 'value')
+            raise ConfigError(f'config key {key!r}: {v!r} is not a valid {kind}') from e
 
     if isinstance(action, _TimmParseKwargs):
         return _kwargs_value(action, key, value)

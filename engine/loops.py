@@ -52,55 +52,58 @@ def train_one_epoch(
                     dynamic_ncols=True, leave=False)
     batch_size_all = args.batch_size * args.world_size
     last_time = time.perf_counter()
-    for step, (inputs, target) in enumerate(loader, start=start_step):
-        inputs, target = inputs.to(device), target.to(device)
-        if mixup_fn is not None:
-            inputs, target = mixup_fn(inputs, target)
-        if args.channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        update_now = (step + 1) % accum == 0 or step + 1 == total_steps
-        sync = contextlib.nullcontext() if update_now or not hasattr(model, 'no_sync') else model.no_sync()
-        with sync:
-            with amp_autocast():
-                outputs = model(inputs)
-                loss = loss_fn(inputs, outputs, target)
-                if aux_loss is not None:  # a model's own training term, e.g. AS-ViT's FLOPs budget
-                    loss = loss + aux_loss()
-            if not math.isfinite(loss.item()):
-                raise TrainingDivergedError(f'training diverged at epoch {epoch}, step {step}: loss is {loss.item()}')
-            scaled = loss / accum
-            if loss_scaler is not None:
-                loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                            parameters=model.parameters(), need_update=update_now)
-            else:
-                scaled.backward()
-                if update_now:
-                    if args.clip_grad:
-                        dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-                    optimizer.step()
-        loss_detached = loss.detach()
-        if args.distributed:
-            loss_detached = reduce_tensor(loss_detached, args.world_size)
-        loss_sum += loss_detached
-        loss_count += 1
-        if update_now:
-            optimizer.zero_grad(set_to_none=True)
-            num_updates += 1
-            if model_ema is not None:
-                model_ema.update(model, step=num_updates)
-            if lr_scheduler is not None:
-                lr_scheduler.step_update(num_updates=num_updates)
-        now = time.perf_counter()
-        lr = optimizer.param_groups[0]['lr']
-        if log is not None:
-            log(dict(epoch=epoch, step=step, num_updates=num_updates, loss=loss_detached.item(), lr=lr))
-        progress.set_postfix(loss=f'{loss_detached.item():.4f}', lr=f'{lr:.2e}',
-                             img_s=f'{batch_size_all / max(now - last_time, 1e-9):.1f}')
-        progress.update(1)
-        last_time = now
-        if update_now and on_update is not None:
-            on_update(step + 1, num_updates)
-    progress.close()
+    try:
+        for step, (inputs, target) in enumerate(loader, start=start_step):
+            inputs, target = inputs.to(device), target.to(device)
+            if mixup_fn is not None:
+                inputs, target = mixup_fn(inputs, target)
+            if args.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            update_now = (step + 1) % accum == 0 or step + 1 == total_steps
+            sync = contextlib.nullcontext() if update_now or not hasattr(model, 'no_sync') else model.no_sync()
+            with sync:
+                with amp_autocast():
+                    outputs = model(inputs)
+                    loss = loss_fn(inputs, outputs, target)
+                    if aux_loss is not None:  # a model's own training term, e.g. AS-ViT's FLOPs budget
+                        loss = loss + aux_loss()
+                if not math.isfinite(loss.item()):
+                    raise TrainingDivergedError(
+                        f'training diverged at epoch {epoch}, step {step}: loss is {loss.item()}')
+                scaled = loss / accum
+                if loss_scaler is not None:
+                    loss_scaler(scaled, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                                parameters=model.parameters(), need_update=update_now)
+                else:
+                    scaled.backward()
+                    if update_now:
+                        if args.clip_grad:
+                            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+                        optimizer.step()
+            loss_detached = loss.detach()
+            if args.distributed:
+                loss_detached = reduce_tensor(loss_detached, args.world_size)
+            loss_sum += loss_detached
+            loss_count += 1
+            if update_now:
+                optimizer.zero_grad(set_to_none=True)
+                num_updates += 1
+                if model_ema is not None:
+                    model_ema.update(model, step=num_updates)
+                if lr_scheduler is not None:
+                    lr_scheduler.step_update(num_updates=num_updates)
+            now = time.perf_counter()
+            lr = optimizer.param_groups[0]['lr']
+            if log is not None:
+                log(dict(epoch=epoch, step=step, num_updates=num_updates, loss=loss_detached.item(), lr=lr))
+            progress.set_postfix(loss=f'{loss_detached.item():.4f}', lr=f'{lr:.2e}',
+                                 img_s=f'{batch_size_all / max(now - last_time, 1e-9):.1f}')
+            progress.update(1)
+            last_time = now
+            if update_now and on_update is not None:
+                on_update(step + 1, num_updates)
+    finally:  # also on divergence, so that the error line is not appended to the bar
+        progress.close()
     mean_loss = (loss_sum / max(loss_count, 1)).item()
     return dict(loss=mean_loss, num_updates=num_updates)
 

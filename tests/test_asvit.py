@@ -142,7 +142,8 @@ def test_train_py_runs_the_asvit_recipe_terms(tmp_path):
          '--max-steps-per-epoch', '2', '--initial-checkpoint', str(tmp_path / 'dense.pth'),
          '--model-kwargs', 'keep_ratio=0.65', '--distill-type', 'soft', '--distill-model', 'asvit_deit_tiny',
          '--distill-model-kwargs', 'prune_mode=none', '--distill-checkpoint', str(tmp_path / 'dense.pth'),
-         '--distill-weighting', 'add', '--workers', '0', '--threads', '1', '--output', str(tmp_path / 'run')],
+         '--distill-weighting', 'add', '--workers', '0', '--threads', '1', '--output', str(tmp_path),
+         '--experiment', 'run'],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = [json.loads(line) for line in (tmp_path / 'run' / 'steps.jsonl').read_text().splitlines()]

@@ -56,9 +56,11 @@ def _read_jsonl(path):
 
 def test_resume_after_sigkill_is_exact(tmp_path):
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-    _run('train.py', *SMALL_RUN, '--output', straight)
+    _run('train.py', *SMALL_RUN, '--output', tmp_path, '--experiment', 'straight')
 
-    args = [sys.executable, str(ROOT / 'train.py'), *SMALL_RUN, '--output', str(killed), '--checkpoint-interval', '1']
+    # the command a preemptible scheduler restarts: it names its run, so a restart continues it
+    command = [*SMALL_RUN, '--output', str(tmp_path), '--experiment', 'killed', '--checkpoint-interval', '1']
+    args = [sys.executable, str(ROOT / 'train.py'), *command]
     process = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     steps = killed / 'steps.jsonl'
     deadline = time.time() + 300
@@ -73,7 +75,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     interrupted = _weights(killed / 'last.pth.tar')
     assert (interrupted['epoch'], interrupted['num_updates']) < (2, 12), 'nothing left to resume'
 
-    resumed = _run('train.py', *SMALL_RUN, '--output', killed, '--checkpoint-interval', '1')
+    resumed = _run('train.py', *command)
     assert 'Resumed from' in resumed.stdout
     _assert_same_state(_weights(straight / 'last.pth.tar'), _weights(killed / 'last.pth.tar'))
     # the epoch checkpoints and best are kept as well
@@ -85,10 +87,10 @@ def test_two_processes_match_one(tmp_path):
               '--digits-size', '32', '--img-size', '32', '--crop-pct', '1.0', '--epochs', '1', '--warmup-epochs', '0',
               '--lr', '1e-3', '--max-steps-per-epoch', '4', '--smoothing', '0', '--aa', 'rand-m9-mstd0.5',
               '--workers', '0', '--threads', '1', '--device', 'cpu']
-    _run('train.py', *common, '--batch-size', '16', '--output', tmp_path / 'one')
+    _run('train.py', *common, '--batch-size', '16', '--output', tmp_path, '--experiment', 'one')
     result = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533',
-         str(ROOT / 'train.py'), *common, '--batch-size', '8', '--output', str(tmp_path / 'two')],
+         str(ROOT / 'train.py'), *common, '--batch-size', '8', '--output', str(tmp_path), '--experiment', 'two'],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     one = [r['loss'] for r in _read_jsonl(tmp_path / 'one' / 'steps.jsonl')]
@@ -101,7 +103,7 @@ def test_two_processes_match_one(tmp_path):
 def test_embedded_default_learns(tmp_path):
     """The README's main job, shortened: well above the 10% chance level after two short epochs."""
     _run('train.py', '--config', ROOT / 'configs/demo/van_b0_digits.yaml', '--epochs', '2', '--digits-size', '32',
-         '--img-size', '32', '--threads', '2', '--output', tmp_path / 'run')
+         '--img-size', '32', '--threads', '2', '--output', tmp_path, '--experiment', 'run')
     record = _read_jsonl(tmp_path / 'run' / 'metrics.jsonl')[-1]
     assert record['eval_top1'] > 40, record
     _run('eval.py', '--model', 'van_b0', '--checkpoint', tmp_path / 'run' / 'model_best.pth.tar',
@@ -119,7 +121,7 @@ def test_webdataset_train_and_eval(tmp_path):
     _run('train.py', '--model', 'van_b0', '--dataset', 'wds', '--train-shards', pattern, '--train-num-samples', 1437,
          '--val-shards', str(tmp_path / 'val-{000..001}.tar'), '--val-num-samples', 360, '--num-classes', 10,
          '--img-size', '32', '--crop-pct', '1.0', '--batch-size', 16, '--epochs', 1, '--max-steps-per-epoch', 4,
-         '--workers', 2, '--threads', 1, '--device', 'cpu', '--output', tmp_path / 'run')
+         '--workers', 2, '--threads', 1, '--device', 'cpu', '--output', tmp_path, '--experiment', 'run')
     record = _read_jsonl(tmp_path / 'run' / 'metrics.jsonl')[-1]
     assert 'eval_top1' in record and len(_read_jsonl(tmp_path / 'run' / 'steps.jsonl')) == 4
     _run('eval.py', '--model', 'van_b0', '--checkpoint', tmp_path / 'run' / 'last.pth.tar', '--dataset', 'wds',
@@ -203,7 +205,7 @@ def test_distillation_amp_accumulation_and_wandb_paths_run(tmp_path):
                   '--distill-type', 'soft', '--distill-model', 'van_b0', '--distill-checkpoint', tmp_path / 'teacher.pth',
                   '--distill-alpha', 0.5, '--distill-tau', 2.0, '--amp', '--channels-last', '--grad-accum-steps', 2,
                   '--clip-grad', 1.0, '--aug-repeats', 3, '--log-wandb', '--workers', 0, '--threads', 1,
-                  '--output', tmp_path / 'run')
+                  '--output', tmp_path, '--experiment', 'run')
     steps = _read_jsonl(tmp_path / 'run' / 'steps.jsonl')
     assert len(steps) == 4 and steps[-1]['num_updates'] == 2
     assert (tmp_path / 'run' / 'wandb').is_dir(), result.stdout[-2000:]
