@@ -13,6 +13,7 @@
 Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
 """
+import argparse
 import copy
 import csv
 import json

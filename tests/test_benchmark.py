@@ -1,4 +1,5 @@
 """benchmark.py and the FLOP counter: hand-counted attention, VAN's published FLOPs, CLI output and errors."""
+import csv
 import json
 import os
 import subprocess
@@ -126,3 +127,55 @@ def test_deploy_form_against_another_architecture(tmp_path):
     # the deployed count: the branches and Conv-BNs are merged (training form: 7,408,944)
     assert row['params'] == 4_892_976 and abs(row['gmacs'] - 0.8427) < 1e-3
     assert row['arch'] == 'mobileone_s1' and row['model_vs_arch'] > 0 and row['fast_vs_reference'] > 0
+
+
+def test_timm_flag_names(tmp_path):
+    """timm's benchmark.py spelling: --model (no prefix match with --model-kwargs), -b, --bench both,
+    --num-warm-iter/--num-bench-iter, --amp, --reparam, --results-file with its format from the name."""
+    result = _run('--model', 'test_vit', '--model-kwargs', 'img_size=(32, 32)', 'patch_size=8', '-b', 2,
+                  '--bench', 'both', '--num-warm-iter', 1, '--num-bench-iter', 1, '--amp', '--reparam',
+                  '--no-flops', '--img-size', 32, '--results-file', tmp_path / 'out.csv')
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / 'out.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert [(r['model'], r['mode'], r['batch_size'], r['dtype']) for r in rows] == [
+        ('test_vit', 'infer', '2', 'bfloat16'), ('test_vit', 'train', '2', 'bfloat16')]
+    assert rows[0]['input_size'] == '3x32x32' and 'deployed (re-parameterized)' in result.stdout
+    result = _run('-m', 'test_vit', '--img-size', 160, '--bench', 'profile', '--results-file', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    row, = json.loads((tmp_path / 'out.json').read_text())
+    assert row['model'] == 'test_vit' and row['gmacs'] > 0 and 'img_per_s' not in row
+    result = _run('--model-kwargs', 'van_b0')
+    assert result.returncode == 2 and "expected key=value, got 'van_b0'" in result.stderr
+
+
+def _largest_activation_mib(model, x):
+    largest = [0]
+
+    def record(module, args, out):
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if torch.is_tensor(t):
+                largest[0] = max(largest[0], t.numel() * t.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return largest[0] / 2 ** 20
+
+
+@pytest.mark.parametrize('name', ['asvit_deit_tiny', 'zoo_convit_tiny', 'lsnet_t', 'karat_vit_tiny_g3b',
+                                  'dependencyvit_tiny', 'fmvit_t'])
+def test_cpu_peak_memory_covers_the_largest_activation(name):
+    """These six read 0 MiB from the resident set (freed memory is reused); the profiler's allocation events
+    see every tensor a call holds: the reported peak is at least the largest single activation."""
+    from engine.profile import time_model
+    model = timm.create_model(name).eval()
+    input_size = model.pretrained_cfg['input_size']
+    torch.manual_seed(0)
+    x = torch.randn(1, *input_size)
+    timed = time_model(model, 1, input_size, torch.device('cpu'), iters=1, warmup=0, inputs=x)
+    peak = timed['model']['peak_mem_mib']
+    largest = _largest_activation_mib(model, x)
+    assert peak >= largest > 0, (peak, largest)

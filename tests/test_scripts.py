@@ -1,5 +1,6 @@
 """train.py and eval.py end to end, on the embedded digits data (no network): resume exactness after SIGKILL,
 2-process equivalence, webdataset and image-folder input, bad configs, corrupt images and checkpoints."""
+import csv
 import json
 import os
 import signal
@@ -209,3 +210,23 @@ def test_distillation_amp_accumulation_and_wandb_paths_run(tmp_path):
     steps = _read_jsonl(tmp_path / 'run' / 'steps.jsonl')
     assert len(steps) == 4 and steps[-1]['num_updates'] == 2
     assert (tmp_path / 'run' / 'wandb').is_dir(), result.stdout[-2000:]
+
+
+def test_eval_on_a_dataset_root_with_split(tmp_path):
+    """timm's validate.py habits: DIR is the data set root and --split picks <root>/<split> (default val); a folder
+    whose sub-folders are splits is never scored as classes."""
+    root = tmp_path / 'imagenet'
+    for split, count in (('train', 12), ('val', 8)):
+        dataset = DigitsDataset(split, 32)
+        dataset.indices = [i for i in dataset.indices if dataset.targets[i] < 2][:count]
+        export_image_folder(dataset, root / split)
+    common = ['--model', 'van_b0', '--num-classes', 2, '--img-size', 32, '--crop-pct', 1.0, '--workers', 0]
+    _run('eval.py', root, *common, '--results-file', tmp_path / 'val.csv')
+    with open(tmp_path / 'val.csv', newline='') as f:  # timm's default results format: one csv row
+        row, = list(csv.DictReader(f))
+    assert row['model'] == 'van_b0' and row['samples'] == '8'
+    _run('eval.py', '--data-dir', root, '--split', 'train', *common, '--results-file', tmp_path / 'train.json')
+    assert json.loads((tmp_path / 'train.json').read_text())['samples'] == 12
+    result = _run('eval.py', root, '--split', 'test', *common, check=False)
+    assert result.returncode == 2 and 'Traceback' not in result.stderr
+    assert f'Image folder {root} holds data set splits (train, val), not classes' in result.stderr
