@@ -31,14 +31,22 @@ _RUNTIME = {
     **_same("the loader has no prefetcher (timm's CUDA prefetcher)", ['no_prefetcher']),
 }
 
+
+def _runtime(*names: str) -> Dict[str, str]:
+    return {name: _RUNTIME[name] for name in names}
+
+
+_NAFLEX_TRAIN = [n for n in _RUNTIME if n.startswith('naflex_')]
+
 TIMM_UNSUPPORTED: Dict[str, Dict[str, str]] = {
     'train.py': {
-        **_DATASET_FACTORY, **_RUNTIME,
+        **_DATASET_FACTORY,
+        **_runtime('torchscript', 'fuser', 'torchcompile_mode', 'fast_norm', 'model_dtype', 'gp', 'in_chans',
+                   'device_modules', 'no_ddp_bb', 'synchronize_step', 'local_rank', 'no_prefetcher', *_NAFLEX_TRAIN),
         'pretrained_path': 'use --initial-checkpoint FILE',
         'no_resume_opt': 'a resume restores the whole training state (exact resumption); start from weights '
                          'only with --initial-checkpoint',
         'head_init_scale': 'not implemented', 'head_init_bias': 'not implemented',
-        **_same('not implemented', ['layer_decay_min_scale', 'layer_decay_no_opt_scale']),
         'epoch_repeats': 'one pass over the data per epoch (resume positions count samples)',
         'start_epoch': 'a resume restores the epoch; a new run starts at 0',
         'patience_epochs': "the plateau schedule is not supported (the schedule steps without a metric)",
@@ -64,7 +72,9 @@ TIMM_UNSUPPORTED: Dict[str, Dict[str, str]] = {
                 ['kd_student_feature_dim', 'kd_teacher_feature_dim']),
     },
     'validate.py': {
-        **_DATASET_FACTORY, **_RUNTIME,
+        **_DATASET_FACTORY,
+        **_runtime('torchscript', 'fuser', 'aot_autograd', 'torchcompile_mode', 'fast_norm', 'model_dtype', 'gp',
+                   'in_chans', 'num_gpu', 'no_prefetcher', 'naflex_loader', 'naflex_max_seq_len'),
         'use_train_size': 'use --img-size', 'crop_mode': 'center crop only',
         'crop_border_pixels': 'not implemented',
         'log_freq': 'a progress bar instead', 'test_pool': 'not implemented', 'pin_mem': 'not implemented',
@@ -73,7 +83,7 @@ TIMM_UNSUPPORTED: Dict[str, Dict[str, str]] = {
         'metrics_avg': 'top-1/top-5 only',
     },
     'benchmark.py': {
-        **_RUNTIME,
+        **_runtime('torchscript', 'fuser', 'aot_autograd', 'torchcompile_mode', 'fast_norm', 'gp'),
         'model_list': 'name models or globs on the command line, or --all',
         'detail': 'not implemented', 'no_retry': 'no batch-size decay on failure (there is no retry)',
         'use_train_size': 'use --img-size', 'input_size': 'use --img-size (3 channels)',
