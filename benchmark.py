@@ -2,6 +2,7 @@
 """Profile models: parameters, FLOPs/MACs (fvcore), latency, throughput and peak memory; or time operators.
 
     python benchmark.py van_b0 van_b1 --batch-sizes 1 8          # named models
+    python benchmark.py -m van_b0 -b 8 --bench both --amp --results-file van_b0.csv   # timm's flags
     python benchmark.py 'van*' --compare-impl --batch-sizes 8    # fast vs reference kernels, side by side
     python benchmark.py --all --no-timing --json models.json     # every zoo model, params and FLOPs only
     python benchmark.py --ops                                    # every layers operator, fast vs reference
@@ -10,7 +11,7 @@
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
     python benchmark.py fmvit_t --deploy --compare-arch mobileone_s1 --batch-sizes 1 8   # vs another architecture
 
-Flags follow timm's benchmark.py. FLOPs are counted once per model on the reference kernels at batch 1
+Flags follow timm's benchmark.py (timm's names work, with timm's meanings). FLOPs are counted once per model on the reference kernels at batch 1
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
 """
 import argparse
@@ -117,19 +118,25 @@ def _benchmark_model(name, args, device):
     deploy = (lambda m: reparameterize_model(m.eval())) if args.deploy else (lambda m: m)
     model = deploy(model)
     base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
+    # one bar per model: the FLOP count, then each (mode, batch size) measurement
+    steps = [] if args.no_timing else [(mode, batch_size) for mode in args.modes for batch_size in args.batch_sizes]
+    progress = tqdm(total=len(steps) + (not args.no_flops), desc=name, leave=False, dynamic_ncols=True)
     if not args.no_flops:
+        progress.set_postfix_str('FLOPs')
         flops = count_flops(model, input_size, photos)
         base.update(gmacs=flops['macs'] / 1e9, gflops=flops['flops'] / 1e9)
+        progress.update(1)
     rows = []
     if args.no_timing:
+        progress.close()
         return [base]
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     timed = model
     if args.torchcompile:
         timed = torch.compile(model, backend=args.torchcompile)
-    steps = [(mode, batch_size) for mode in args.modes for batch_size in args.batch_sizes]
-    for mode, batch_size in tqdm(steps, desc=name, leave=False, disable=len(steps) < 2, dynamic_ncols=True):
+    for mode, batch_size in steps:
+        progress.set_postfix_str(f'{mode}, batch {batch_size}')
         inputs = photos[:batch_size] if photos is not None else None
         extra = {}
         if args.compare_impl:
@@ -177,6 +184,8 @@ def _benchmark_model(name, args, device):
             row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs.items()),
                        other_img_per_s=other['img_per_s'], model_vs_other=row['img_per_s'] / other['img_per_s'])
         rows.append(row)
+        progress.update(1)
+    progress.close()
     return rows
 
 

@@ -8,4 +8,7 @@
 - `loops`: one training epoch and one evaluation pass.
 - `profile`: parameter and FLOP counts, latency and throughput, peak memory (benchmark.py).
 - `op_cases`: the `layers` operators' benchmark cases at backbone-stage shapes (`benchmark.py --ops`).
+- `runs`: run folders <output>/<experiment> (args.yaml, summary.csv) and the check that a resume keeps the meaning.
+- `plots`: training curves, and a prediction drawn with the model's inner decisions (eval.py --plot).
+- `timm_flags`: the options of timm's scripts that ours do not implement, and why.
 """
