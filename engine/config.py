@@ -8,7 +8,7 @@ import argparse
 import difflib
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import yaml
 from timm.utils import ParseKwargs as _TimmParseKwargs
