@@ -66,15 +66,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, to_2tuple, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from layers import AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk
 from layers import select_tokens_per_image
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, remap_state_dict, resample_pos_embed, unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, remap_state_dict,
+    resample_pos_embed, unwrap_state_dict)
 
 __all__ = ['AdaptiveSparseViT']
 

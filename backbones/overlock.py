@@ -70,13 +70,11 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from layers import ContMix, dilated_dwconv2d, reparameterize
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict
+from ._helpers import (
+    check_input_size, check_state_dict_keys, feature_take_indices, remap_state_dict, unwrap_state_dict)
 
 __all__ = ['OverLoCK']
 
@@ -628,11 +626,7 @@ def checkpoint_filter_fn(state_dict: dict, model: OverLoCK) -> dict:
     The official classifiers are 1x1 convs: their weights are reshaped for our Linear layers. A model built
     without the aux head drops the checkpoint's `aux_head.*`; ours pass through.
     """
-    for wrapper in ('state_dict_ema', 'model', 'state_dict'):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-            break
-    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict, ema='prefer')
     if 'stem.0.weight' not in state_dict:
         state_dict = remap_state_dict(state_dict, _KEY_RULES)
     for key in ('head.fc.weight', 'aux_head.fc.weight'):
