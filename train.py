@@ -33,6 +33,7 @@ from engine.data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards,
 )
 from engine.loops import evaluate, train_one_epoch, write_jsonl
+from engine.hooks import set_distilled_training
 from engine.losses import DistillationLoss
 from engine.cli import create_model_checked, run_cli
 from engine.config import parse_kv, parse_with_config
@@ -127,9 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help='extra teacher model args key=value')
     group.add_argument('--distill-alpha', type=float, default=0.5)
     group.add_argument('--distill-tau', type=float, default=1.0)
-    group.add_argument('--aux-loss-ratio', type=float, default=0.4,
-                       help='weight of the auxiliary (deep-supervision) head loss of models that return '
-                            'dict(main=..., aux=...) in training (OverLoCK)')
     group.add_argument('--distill-weighting', default='mix', choices=['mix', 'add'],
                        help="'mix': (1-alpha)*base + alpha*distill (DeiT); 'add': base + alpha*distill (AS-ViT)")
 
@@ -284,8 +282,7 @@ def main(argv=None) -> int:
                                        num_classes=args.num_classes, **dict(args.distill_model_kwargs))
         teacher = teacher.to(device).eval()
         teacher.requires_grad_(False)
-        if hasattr(model, 'set_distilled_training'):
-            model.set_distilled_training(True)
+        set_distilled_training(model)
 
     train_model = model
     if args.torchcompile:
@@ -314,7 +311,7 @@ def main(argv=None) -> int:
     else:
         base_criterion = nn.CrossEntropyLoss()
     loss_fn = DistillationLoss(base_criterion, teacher, args.distill_type, args.distill_alpha, args.distill_tau,
-                               args.distill_weighting, aux_ratio=args.aux_loss_ratio)
+                               args.distill_weighting)
 
     manager = CheckpointManager(output, keep_last=args.checkpoint_hist, decreasing=args.eval_metric == 'loss')
     config_record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple,
