@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 __all__ = ['CheckpointMismatchError', 'check_state_dict_keys', 'check_input_size', 'feature_take_indices',
-           'remap_state_dict', 'unwrap_state_dict']
+           'prune_stages', 'remap_state_dict', 'stage_intermediates', 'token_maps', 'unwrap_state_dict']
 
 Replacement = Union[str, Callable[[re.Match], str]]
 
@@ -167,16 +167,28 @@ def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch
     return x, intermediates
 
 
-def prune_stages(model: nn.Module, indices=1, prune_head: bool = True, prune_norm: bool = False):
-    """`prune_intermediate_layers` of a stages network: keep the stages up to the last selected one (and drop the
-    final `model.norm` with `prune_norm`)."""
-    take_indices, max_index = feature_take_indices(len(model.stages), indices)
-    model.stages = model.stages[:max_index + 1]
+def prune_stages(model: nn.Module, indices=1, prune_head: bool = True, prune_norm: bool = False,
+                 levels: str = 'stages'):
+    """`prune_intermediate_layers` of a network whose feature levels are `model.<levels>` (its stages, or a ViT's
+    blocks): keep the levels up to the last selected one (and drop the final `model.norm` with `prune_norm`)."""
+    take_indices, max_index = feature_take_indices(len(getattr(model, levels)), indices)
+    setattr(model, levels, getattr(model, levels)[:max_index + 1])
     if prune_norm:
         model.norm = nn.Identity()
     if prune_head:
         model.reset_classifier(0, '')
     return take_indices
+
+
+def token_maps(tokens: Sequence[torch.Tensor], grid_size: Tuple[int, int], output_fmt: str) -> List[torch.Tensor]:
+    """A ViT's per-block patch tokens (B, N, C) as `forward_intermediates` returns them: 'NLC' as they are, 'NCHW'
+    as (B, C, H, W) maps on the patch grid."""
+    if output_fmt not in ('NCHW', 'NLC'):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+    if output_fmt == 'NLC':
+        return list(tokens)
+    h, w = grid_size
+    return [t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in tokens]
 
 
 def resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: nn.Module, num_prefix_tokens: int) -> None:
