@@ -357,7 +357,8 @@ class AdaptiveSparseViT(nn.Module):
         """Budget term of the last training forward: weight * |mean per-image GFLOPs - keep_ratio * dense|."""
         if self._budget_loss is None:
             raise RuntimeError('training_losses() needs a training-mode forward first')
-        return dict(flops_budget=self.budget_weight * self._budget_loss)
+        budget, self._budget_loss = self._budget_loss, None  # read once: a kept graph would block deepcopy
+        return dict(flops_budget=self.budget_weight * budget)
 
     @property
     def distill_targets(self) -> Tuple[str, ...]:
@@ -369,7 +370,8 @@ class AdaptiveSparseViT(nn.Module):
         """Token-level KL(student || teacher) over the tokens the last training forward kept (LV-ViT)."""
         if self._train_token_logits is None:
             return {}
-        return dict(token_kl=_token_kl(self._train_token_logits, teacher_targets['token_logits'], self._train_keep))
+        token_logits, self._train_token_logits = self._train_token_logits, None  # read once, as training_losses
+        return dict(token_kl=_token_kl(token_logits, teacher_targets['token_logits'], self._train_keep))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, self.img_size, model_name=type(self).__name__)

@@ -266,6 +266,8 @@ class LITv2(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs (before the next stage's token merging), as NCHW or NHWC maps.
 
+        Not `_helpers.stage_intermediates`, which serves NCHW stages: LITv2's stages run on NHWC tokens.
+
         Args:
             x: (B, C, H, W) input. indices: None (all), n (last n) or a list of stage indices.
             norm: apply the final LayerNorm to the last stage's output when it is selected.

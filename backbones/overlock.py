@@ -534,6 +534,9 @@ class OverLoCK(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Pyramid features: Base stages 0, 1 (/4, /8), Focus stage outputs cat[x, h] (/16, /32).
 
+        Not `_helpers.stage_intermediates`: the levels are not one stem + stages chain (the Focus-Net runs on the
+        Base-Net output, guided by the Overview-Net's).
+
         Args:
             x: (B, C, H, W). indices: None (all 4), n (last n) or a list (negatives allowed).
             norm: unused (the dense-prediction copies' extra norms are not in the ImageNet checkpoints).
@@ -583,7 +586,8 @@ class OverLoCK(nn.Module):
             return {}
         if self._aux_logits is None:
             raise RuntimeError('training_losses() needs a training-mode forward first')
-        return dict(deep_supervision=self.aux_loss_weight * criterion(self._aux_logits, target))
+        aux_logits, self._aux_logits = self._aux_logits, None  # read once: a kept graph would block deepcopy
+        return dict(deep_supervision=self.aux_loss_weight * criterion(aux_logits, target))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, ctx = self._forward(x)

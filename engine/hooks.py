@@ -8,7 +8,8 @@ Forward
     distilled DeiT returns (only after `set_distilled_training(True)`). Never a dict, and never tensors of other
     shapes, so that timm's own test (`torch.cat` of a tuple, then `.mean().backward()`) runs on every model. What a
     training loss needs beyond the logits (auxiliary-head logits, token logits, FLOPs of the kept tokens) the model
-    keeps from its last training forward and hands out through the methods below.
+    keeps from its last training forward and hands out through the methods below, once (a method that hands a
+    term out forgets it, so that no autograd graph stays on the model, where it would block `copy.deepcopy`).
 
 Optional methods (a script calls one only when the model, unwrapped from DDP/compile/EMA, has it)
     `set_distilled_training(enable: bool) -> None`

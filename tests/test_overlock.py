@@ -1,5 +1,6 @@
 """OverLoCK specifics: neighbourhood attention against a brute-force definition, ContMix's MACs by hand, the train <->
 deploy conversion, the deep-supervision (aux) output, and checkpoint wrappers."""
+import copy
 import json
 import math
 from pathlib import Path
@@ -184,9 +185,14 @@ def test_training_returns_logits_and_the_loss_adds_the_aux_head(criterion):
     torch.testing.assert_close(out, main, rtol=0, atol=0)
     loss = DistillationLoss(criterion, None)(x, out, target, model)
     torch.testing.assert_close(loss, criterion(main, target) + 0.4 * criterion(aux, target), rtol=0, atol=0)
+    copy.deepcopy(model)  # the aux logits were handed out once: no graph stays on the model
+    with pytest.raises(RuntimeError, match='training-mode forward'):
+        model.training_losses(criterion, target)
     teacher = timm.create_model('overlock_xt_reparam', num_classes=7).eval()
     with torch.no_grad():
         teacher_logits = teacher(x)
+    torch.manual_seed(0)
+    out = model(x)
     distill = DistillationLoss(criterion, teacher, 'hard', alpha=0.5)(x, out, target, model)
     expected = criterion(main, target) * 0.5 + torch.nn.functional.cross_entropy(
         main, teacher_logits.argmax(1)) * 0.5 + 0.4 * criterion(aux, target)
