@@ -15,13 +15,12 @@ Flags follow timm's benchmark.py (timm's names work, with timm's meanings). FLOP
 (fvcore counts multiply-adds; GFLOPs = 2 x GMACs); timing uses the selected kernels (--kernel-impl).
 """
 import argparse
-import copy
 import csv
 import json
 import sys
 
 import torch
-from timm.utils.model import reparameterize_model
+from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the zoo with timm)
@@ -31,6 +30,7 @@ from engine.profile import (
 )
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser
+from engine.hooks import calibrate_thresholds
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='count and time the deployment form (timm\'s reparameterize_model: fuse() / '
                              'reparameterize() of every module that has one)')
     parser.add_argument('--compare-fused', action='store_true',
-                        help='models with fuse() (BatchNorm folding): time the fused copy too, interleaved')
+                        help='models with fuse() modules (BatchNorm folding): time the reparameterize_model '
+                             'copy too, interleaved')
     parser.add_argument('--real-images', action='store_true',
                         help='time on real photographs (scikit-learn sample images) instead of noise')
     parser.add_argument('--calibrate', action='store_true',
@@ -111,8 +112,8 @@ def _benchmark_model(name, args, device):
         input_size = (input_size[0], args.img_size, args.img_size)
     cfg = model.pretrained_cfg
     photos = sample_photos(max(args.batch_sizes), input_size, cfg['mean'], cfg['std']) if args.real_images else None
-    if args.calibrate and hasattr(model, 'calibrate_thresholds'):
-        model.calibrate_thresholds(photos if photos is not None else torch.randn(max(args.batch_sizes), *input_size))
+    if args.calibrate:
+        calibrate_thresholds(model, photos if photos is not None else torch.randn(max(args.batch_sizes), *input_size))
     # comparison copies load the (calibrated) training-form weights, then take the same deployment step as the model
     weights = model.state_dict()
     deploy = (lambda m: reparameterize_model(m.eval())) if args.deploy else (lambda m: m)
@@ -156,9 +157,9 @@ def _benchmark_model(name, args, device):
         if args.compare_arch:
             extra['arch'] = deploy(create_model_checked(args.compare_arch).to(device).eval())
         if args.compare_fused:
-            if not hasattr(model, 'fuse'):
-                raise ValueError(f'{name} has no fuse() to compare against')
-            extra['fused'] = copy.deepcopy(model).eval().fuse()
+            if not any(hasattr(m, 'fuse') for m in model.modules()):
+                raise ValueError(f'{name} has no module with fuse() to compare against')
+            extra['fused'] = reparameterize_model(model.eval())
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(weights)

@@ -34,6 +34,7 @@ from engine.data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards, split_folder,
 )
 from engine.loops import TrainingDivergedError, evaluate, train_one_epoch, write_jsonl
+from engine.hooks import set_distilled_training
 from engine.losses import DistillationLoss
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser, parse_with_config
@@ -170,9 +171,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "--task-loss-weight t, t + w must be 1 ('mix') or t must be 1 ('add')")
     group.add_argument('--task-loss-weight', type=float, default=None,
                        help="timm's weighting: alone, loss = t * task + (1 - t) * distill ('mix', alpha=1-t)")
-    group.add_argument('--aux-loss-ratio', type=float, default=0.4,
-                       help='weight of the auxiliary (deep-supervision) head loss of models that return '
-                            'dict(main=..., aux=...) in training (OverLoCK)')
     group.add_argument('--distill-weighting', default='mix', choices=['mix', 'add'],
                        help="'mix': (1-alpha)*base + alpha*distill (DeiT); 'add': base + alpha*distill (AS-ViT)")
 
@@ -401,8 +399,7 @@ def main(argv=None) -> int:
                                        num_classes=args.num_classes, **dict(args.distill_model_kwargs))
         teacher = teacher.to(device).eval()
         teacher.requires_grad_(False)
-        if hasattr(model, 'set_distilled_training'):
-            model.set_distilled_training(True)
+        set_distilled_training(model)
 
     train_model = model
     if args.torchcompile:
@@ -435,7 +432,7 @@ def main(argv=None) -> int:
     else:
         base_criterion = nn.CrossEntropyLoss()
     loss_fn = DistillationLoss(base_criterion, teacher, args.distill_type, args.distill_alpha, args.distill_tau,
-                               args.distill_weighting, aux_ratio=args.aux_loss_ratio)
+                               args.distill_weighting)
 
     manager = CheckpointManager(output, keep_last=args.checkpoint_hist, decreasing=args.eval_metric == 'loss')
     config_record = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, tuple, dict,

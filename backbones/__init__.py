@@ -4,10 +4,11 @@ from typing import Callable, Dict, Optional
 
 from timm.models import model_entrypoint
 
+from ._helpers import unwrap_state_dict
 from . import asvit, biformer, convit, dependencyvit, fmvit, halonet, karat, litv2, lsnet, mala, overlock, van
 
 __all__ = ['asvit', 'biformer', 'convit', 'dependencyvit', 'fmvit', 'get_checkpoint_filter', 'halonet', 'karat',
-           'litv2', 'lsnet', 'mala', 'overlock', 'van']
+           'litv2', 'lsnet', 'mala', 'overlock', 'unwrap_state_dict', 'van']
 
 
 def get_checkpoint_filter(model_name: str) -> Optional[Callable[[Dict, object], Dict]]:

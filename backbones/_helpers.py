@@ -1,11 +1,12 @@
 """Helpers shared by the family files: checkpoint key remapping and checks, input checks."""
 import re
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-__all__ = ['CheckpointMismatchError', 'check_state_dict_keys', 'check_input_size', 'remap_state_dict', 'unwrap_state_dict']
+__all__ = ['CheckpointMismatchError', 'check_state_dict_keys', 'check_input_size', 'feature_take_indices',
+           'prune_stages', 'remap_state_dict', 'stage_intermediates', 'token_maps', 'unwrap_state_dict']
 
 Replacement = Union[str, Callable[[re.Match], str]]
 
@@ -14,12 +15,50 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's keys do not match the model's, after conversion to our layout."""
 
 
-def unwrap_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
-    """Return the state dict inside an official checkpoint file's wrapper ('model' or 'state_dict')."""
-    for wrapper in ('model', 'state_dict'):
+def unwrap_state_dict(checkpoint: Dict, ema: str = 'skip') -> Dict[str, torch.Tensor]:
+    """Return the state dict inside a checkpoint file's wrapper, without DataParallel's 'module.' prefix.
+
+    Args:
+        checkpoint: a bare state dict, or a dict wrapping one under 'model' or 'state_dict' (official releases,
+            train.py's files) and possibly 'state_dict_ema' (train.py with --model-ema, some official releases).
+        ema: 'skip' ignores 'state_dict_ema'; 'prefer' takes it when present; 'require' takes it or raises.
+    """
+    if ema not in ('skip', 'prefer', 'require'):
+        raise ValueError(f"ema must be 'skip', 'prefer' or 'require', got {ema!r}")
+    wrappers = ('model', 'state_dict') if ema == 'skip' else ('state_dict_ema',) + (
+        ('model', 'state_dict') if ema == 'prefer' else ())
+    for wrapper in wrappers:
         if isinstance(checkpoint.get(wrapper), dict):
-            return checkpoint[wrapper]
+            checkpoint = checkpoint[wrapper]
+            break
+    else:
+        if ema == 'require':
+            raise ValueError('the checkpoint holds no EMA weights (no state_dict_ema)')
+    prefix = 'module.'
+    if any(isinstance(k, str) and k.startswith(prefix) for k in checkpoint):
+        checkpoint = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in checkpoint.items()}
     return checkpoint
+
+
+def feature_take_indices(num_levels: int, indices: Optional[Union[int, Sequence[int]]] = None) -> Tuple[List[int], int]:
+    """Resolve `forward_intermediates` indices: None (every level), n (the last n) or level indices (negatives count
+    from the end). Returns (sorted-as-given level indices, the largest). timm's equivalent is not public API."""
+    if indices is None:
+        indices = num_levels
+    if isinstance(indices, int):
+        if not 0 < indices <= num_levels:
+            raise ValueError(f'indices={indices} asks for the last {indices} of {num_levels} feature levels')
+        take = list(range(num_levels - indices, num_levels))
+    else:
+        take = []
+        for i in indices:
+            level = num_levels + i if i < 0 else i
+            if not 0 <= level < num_levels:
+                raise ValueError(f'feature index {i} is out of range for {num_levels} feature levels')
+            take.append(level)
+        if not take:
+            raise ValueError('indices selects no feature level')
+    return take, max(take)
 
 
 def remap_state_dict(
@@ -108,7 +147,6 @@ def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch
     to the last stage's intermediate when `norm`. `min_size`: the smallest input (H, W), checked with the channels.
     Returns the selected stage outputs (NCHW), or (final output, outputs) unless `intermediates_only`.
     """
-    from timm.models._features import feature_take_indices
     name = type(model).__name__
     if output_fmt != 'NCHW':
         raise ValueError(f'{name} produces NCHW features, output_fmt={output_fmt!r} is not supported')
@@ -129,17 +167,28 @@ def stage_intermediates(model: nn.Module, x: torch.Tensor, stem: Callable[[torch
     return x, intermediates
 
 
-def prune_stages(model: nn.Module, indices=1, prune_head: bool = True, prune_norm: bool = False):
-    """`prune_intermediate_layers` of a stages network: keep the stages up to the last selected one (and drop the
-    final `model.norm` with `prune_norm`)."""
-    from timm.models._features import feature_take_indices
-    take_indices, max_index = feature_take_indices(len(model.stages), indices)
-    model.stages = model.stages[:max_index + 1]
+def prune_stages(model: nn.Module, indices=1, prune_head: bool = True, prune_norm: bool = False,
+                 levels: str = 'stages'):
+    """`prune_intermediate_layers` of a network whose feature levels are `model.<levels>` (its stages, or a ViT's
+    blocks): keep the levels up to the last selected one (and drop the final `model.norm` with `prune_norm`)."""
+    take_indices, max_index = feature_take_indices(len(getattr(model, levels)), indices)
+    setattr(model, levels, getattr(model, levels)[:max_index + 1])
     if prune_norm:
         model.norm = nn.Identity()
     if prune_head:
         model.reset_classifier(0, '')
     return take_indices
+
+
+def token_maps(tokens: Sequence[torch.Tensor], grid_size: Tuple[int, int], output_fmt: str) -> List[torch.Tensor]:
+    """A ViT's per-block patch tokens (B, N, C) as `forward_intermediates` returns them: 'NLC' as they are, 'NCHW'
+    as (B, C, H, W) maps on the patch grid."""
+    if output_fmt not in ('NCHW', 'NLC'):
+        raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+    if output_fmt == 'NLC':
+        return list(tokens)
+    h, w = grid_size
+    return [t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in tokens]
 
 
 def resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: nn.Module, num_prefix_tokens: int) -> None:

@@ -38,9 +38,12 @@ Deviations and assumptions:
   recipes) are not implemented.
 - The official B == 1 path crashes when one or no token survives a stage; ours keeps working (a stage may
   keep zero patch tokens).
-- Training returns plain logits (the timm contract); the budget term is exposed as `model.aux_loss()`, which
-  train.py adds to the loss. The distillation term is train.py's soft distillation in additive mode
-  (`distill_weighting: add`), as losses.py computes it: CE + 2.0 * budget + 0.5 * KL(student || teacher).
+- Training returns plain logits (the timm contract); the budget term of the last training forward is
+  `training_losses()` (engine/hooks.py), which train.py adds to the loss. The distillation term is train.py's soft
+  distillation in additive mode (`distill_weighting: add`), as losses.py computes it: CE + 2.0 * budget + 0.5 *
+  KL(student || teacher). With distilled training an LV-ViT keeps its aux head's token logits and asks the teacher
+  (an AS-ViT LV-ViT) for its token logits (`distill_targets`, `forward_distill_targets`); `distill_losses()` adds
+  the KL over the kept tokens to the distillation term, as the official LV-ViT loss.
 - The official DeiT training path returns an undefined `flops_1stage` tuple and cannot run as released; the
   budget loss here follows losses.py, which that path was meant to feed.
 - Features (`features_only`, `forward_intermediates`) are per block on the 14x14 grid: a pruned token keeps
@@ -58,23 +61,23 @@ Deviations and assumptions:
   pre-training) are not part of AS-ViT's fine-tuning forward and are not implemented.
 """
 from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, to_2tuple, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from layers import AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk
+from layers import (
+    AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk, set_module_kernel_impl)
 from layers import select_tokens_per_image
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, remap_state_dict, resample_pos_embed, unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages, remap_state_dict,
+    resample_pos_embed, token_maps, unwrap_state_dict)
 
 __all__ = ['AdaptiveSparseViT']
 
@@ -84,12 +87,11 @@ PRUNE_MODES = ('per_image', 'batch_topk', 'none')
 class Attention(nn.Module):
     """Multi-head self-attention that also returns the pruning score of every patch token."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
-                 kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
         super().__init__()
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.kernel_impl = kernel_impl
+        self.kernel_impl: Optional[str] = None  # the operator's implementation, set by the model
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)  # NOTE: kept for the official layout; the official code never applies it
         self.proj = nn.Linear(dim, dim)
@@ -112,12 +114,12 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = True, proj_drop: float = 0.,
                  attn_drop: float = 0., drop_path: float = 0., norm_layer=None, skip_lam: float = 1.,
-                 lvvit_flops: bool = False, kernel_impl: Optional[str] = None):
+                 lvvit_flops: bool = False):
         super().__init__()
         self.dim, self.mlp_dim, self.num_heads = dim, int(dim * mlp_ratio), num_heads
         self.skip_lam, self.lvvit_flops = skip_lam, lvvit_flops
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop, kernel_impl)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, self.mlp_dim, act_layer=nn.GELU, drop=proj_drop)
@@ -219,7 +221,7 @@ class AdaptiveSparseViT(nn.Module):
             threshold_init: initial keep thresholds, one per pruning stage.
             prune_mode: eval pruning: 'per_image', 'batch_topk' (official batched rule) or 'none'.
             keep_ratio: training FLOPs budget as a fraction of the dense model's FLOPs (official base_rate).
-            budget_weight: weight of the budget term returned by `aux_loss()` (official ratio_weight).
+            budget_weight: weight of the budget term of `training_losses()` (official ratio_weight).
             lvvit: LV-ViT structure: convolutional patch embedding, auxiliary token head (eval output
                 head(cls) + 0.5 * max over the kept tokens of aux_head(token)), detailed FLOP count.
             skip_lam: residual branches are divided by it (LV-ViT: 2).
@@ -243,8 +245,9 @@ class AdaptiveSparseViT(nn.Module):
         self.prune_mode = prune_mode
         self.keep_ratio, self.budget_weight = keep_ratio, budget_weight
         self.distilled_training = False
-        self._budget_loss = None
+        self._budget_loss = None  # of the last training forward
         self._train_keep = None
+        self._train_token_logits = None
         self.lvvit = lvvit
         norm_layer = partial(nn.LayerNorm, eps=norm_eps)
 
@@ -261,7 +264,7 @@ class AdaptiveSparseViT(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i], norm_layer,
-                  skip_lam, lvvit, kernel_impl)
+                  skip_lam, lvvit)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
@@ -274,6 +277,7 @@ class AdaptiveSparseViT(nn.Module):
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
         self.apply(init_vit_weights)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -290,8 +294,8 @@ class AdaptiveSparseViT(nn.Module):
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:
-        """LV-ViT distillation (train.py turns it on): training forward returns (class logits, class logits,
-        token logits, token keep mask) so that the loss can add AS-ViT's token-level KL over the kept tokens."""
+        """LV-ViT distillation (train.py turns it on): the training forward returns the class-token logits and
+        keeps the aux head's token logits, so that `distill_losses` can add the token-level KL over kept tokens."""
         self.distilled_training = enable
 
     @torch.jit.ignore
@@ -348,11 +352,26 @@ class AdaptiveSparseViT(nn.Module):
             self.train(was_training)
         return thresholds
 
-    def aux_loss(self) -> torch.Tensor:
+    @torch.jit.ignore
+    def training_losses(self, criterion: nn.Module, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Budget term of the last training forward: weight * |mean per-image GFLOPs - keep_ratio * dense|."""
         if self._budget_loss is None:
-            raise RuntimeError('aux_loss() needs a training-mode forward first')
-        return self.budget_weight * self._budget_loss
+            raise RuntimeError('training_losses() needs a training-mode forward first')
+        budget, self._budget_loss = self._budget_loss, None  # read once: a kept graph would block deepcopy
+        return dict(flops_budget=self.budget_weight * budget)
+
+    @property
+    def distill_targets(self) -> Tuple[str, ...]:
+        """The teacher targets the last training forward distils from: LV-ViT's token logits when distilling."""
+        return ('token_logits',) if self._train_token_logits is not None else ()
+
+    @torch.jit.ignore
+    def distill_losses(self, teacher_targets: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Token-level KL(student || teacher) over the tokens the last training forward kept (LV-ViT)."""
+        if self._train_token_logits is None:
+            return {}
+        token_logits, self._train_token_logits = self._train_token_logits, None  # read once, as training_losses
+        return dict(token_kl=_token_kl(token_logits, teacher_targets['token_logits'], self._train_keep))
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, self.img_size, model_name=type(self).__name__)
@@ -456,27 +475,17 @@ class AdaptiveSparseViT(nn.Module):
             output_fmt: 'NCHW' or 'NLC' (patch tokens only).
             intermediates_only: return only the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x, grids = self._run_blocks(self._embed(x), range(last + 1), take=take_indices, norm=norm)
-        if output_fmt == 'NCHW':
-            h, w = self.grid_size
-            grids = [g.transpose(1, 2).reshape(g.shape[0], -1, h, w) for g in grids]
+        grids = token_maps(grids, self.grid_size, output_fmt)
         if intermediates_only:
             return grids
         return self.norm(x), grids
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm, levels='blocks')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._run_blocks(self._embed(x), range(len(self.blocks)))
@@ -496,17 +505,33 @@ class AdaptiveSparseViT(nn.Module):
             logits = logits + 0.5 * self.aux_head(patch).amax(dim=1)
         return logits
 
-    def forward_distill_targets(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """As a teacher: class-token logits and (LV-ViT) per-token aux logits, (B, classes), (B, N, classes)."""
+    @torch.jit.ignore
+    def forward_distill_targets(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """As a teacher: class-token logits (B, classes) and, for LV-ViT, per-token aux logits (B, N, classes)."""
         x = self.forward_features(x)
-        return self.head(x[:, 0]), (self.aux_head(x[:, 1:]) if self.aux_head is not None else None)
+        targets = dict(logits=self.head(x[:, 0]))
+        if self.aux_head is not None:
+            targets['token_logits'] = self.aux_head(x[:, 1:])
+        return targets
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(x)
+        self._train_token_logits = None
         if self.training and self.distilled_training and self.aux_head is not None:
-            cls_logits = self.head(self.head_drop(x[:, 0]))
-            return cls_logits, cls_logits, self.aux_head(x[:, 1:]), self._train_keep
+            self._train_token_logits = self.aux_head(x[:, 1:])
+            return self.head(self.head_drop(x[:, 0]))
         return self.forward_head(x)
+
+
+def _token_kl(student: torch.Tensor, teacher: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """KL(student || teacher) per token over the tokens the student kept (keep > 0.5), as AS-ViT/DynamicViT."""
+    kept = keep.reshape(-1) > 0.5
+    if not kept.any():
+        return student.new_zeros(())
+    student = student.reshape(-1, student.shape[-1])[kept]
+    teacher = teacher.reshape(-1, teacher.shape[-1])[kept]
+    return F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), reduction='batchmean',
+                    log_target=True)
 
 
 _KEY_RULES = ((r'^score_predictor\.(\d+)\.keep_threshold$', r'token_pruners.\1.keep_threshold'),)

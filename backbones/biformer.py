@@ -53,14 +53,11 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
-from layers import GLOBAL_IMPLS, BiLevelRoutingAttention, softmax_attention
+from layers import BiLevelRoutingAttention, GLOBAL_IMPLS, set_module_kernel_impl, softmax_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
 
 __all__ = ['BiFormer']
 
@@ -78,8 +75,7 @@ class GlobalAttentionLePE(nn.Module):
     (BiFormer-STL-nchw), whose LePE conv reads the values instead of the attention input.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5, lepe_on: str = 'x',
-                 kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, num_heads: int = 8, side_dwconv: int = 5, lepe_on: str = 'x'):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim ({dim}) must be divisible by num_heads ({num_heads})')
@@ -88,7 +84,7 @@ class GlobalAttentionLePE(nn.Module):
         self.lepe_on = lepe_on
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.kernel_impl = kernel_impl
+        self.kernel_impl: Optional[str] = None  # the operator's implementation, set by the model
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.lepe = nn.Conv2d(dim, dim, side_dwconv, padding=side_dwconv // 2, groups=dim)
         self.proj = nn.Linear(dim, dim)
@@ -122,7 +118,6 @@ class Block(nn.Module):
             auto_pad: bool = True,
             bra_mode: str = 'legacy',
             global_lepe_on: str = 'x',
-            kernel_impl: Optional[str] = None,
     ):
         super().__init__()
         # NOTE: the official conv has padding=1 whatever its kernel (3 in every released model)
@@ -130,11 +125,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if topk > 0:
             self.attn = BiLevelRoutingAttention(dim, num_heads, n_win=n_win, topk=topk, qk_dim=qk_dim,
-                                                side_dwconv=side_dwconv, auto_pad=auto_pad, mode=bra_mode,
-                                                kernel_impl=kernel_impl)
+                                                side_dwconv=side_dwconv, auto_pad=auto_pad, mode=bra_mode)
         elif topk == -2:
-            self.attn = GlobalAttentionLePE(dim, global_heads, side_dwconv, lepe_on=global_lepe_on,
-                                            kernel_impl=kernel_impl)
+            self.attn = GlobalAttentionLePE(dim, global_heads, side_dwconv, lepe_on=global_lepe_on)
         else:
             raise ValueError(f'topk must be > 0 (routing attention) or -2 (global attention + LePE), got {topk}')
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -273,8 +266,7 @@ class BiFormer(nn.Module):
                 downsample=downsample_type if i else None, drop_path=dpr[i],
                 num_heads=qk_dims[i] // head_dim, topk=topks[i], n_win=n_win, mlp_ratio=mlp_ratios[i],
                 qk_dim=qk_dims[i], side_dwconv=side_dwconv, pos_embed_kernel=pos_embed_kernel,
-                global_heads=global_heads, auto_pad=auto_pad, bra_mode=bra_mode, global_lepe_on=global_lepe_on,
-                kernel_impl=kernel_impl))
+                global_heads=global_heads, auto_pad=auto_pad, bra_mode=bra_mode, global_lepe_on=global_lepe_on))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f'stages.{i}'))
             reduction *= 2
         self.stages = nn.Sequential(*stages)
@@ -283,6 +275,7 @@ class BiFormer(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
         named_apply(_init_weights, self)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -37,16 +37,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
-from layers import GatedPositionalAttention
+from layers import GatedPositionalAttention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages,
+    resample_pos_embed, token_maps, unwrap_state_dict)
 
 __all__ = ['ConViT']
 
@@ -56,13 +53,12 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = False,
                  proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0., use_gpsa: bool = True,
-                 locality_strength: float = 1., kernel_impl: Optional[str] = None):
+                 locality_strength: float = 1.):
         super().__init__()
         self.use_gpsa = use_gpsa
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if use_gpsa:
-            self.attn = GatedPositionalAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength,
-                                                 kernel_impl)
+            self.attn = GatedPositionalAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength)
         else:
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -126,7 +122,7 @@ class ConViT(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop_rate, attn_drop_rate, dpr[i],
-                  use_gpsa=i < local_up_to_layer, locality_strength=locality_strength, kernel_impl=kernel_impl)
+                  use_gpsa=i < local_up_to_layer, locality_strength=locality_strength)
             for i in range(depth)])
         for block in self.blocks:
             block.grid_size = self.grid_size
@@ -142,6 +138,7 @@ class ConViT(nn.Module):
         for block in self.blocks:
             if block.use_gpsa:
                 block.attn.local_init()
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -198,29 +195,18 @@ class ConViT(nn.Module):
             indices: None (all), n (last n) or a list of block indices. norm: apply the final norm to them.
             stop_early: stop after the last selected block. output_fmt: 'NCHW' or 'NLC'.
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x, intermediates = self._run(x, range(last + 1), take_indices)
-        if norm:
-            intermediates = [self.norm(t) for t in intermediates]
-        if output_fmt == 'NCHW':
-            h, w = self.grid_size
-            intermediates = [t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in intermediates]
+        intermediates = token_maps([self.norm(t) for t in intermediates] if norm else intermediates, self.grid_size,
+                                   output_fmt)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm, levels='blocks')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._run(x, range(len(self.blocks)))

@@ -65,14 +65,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from layers import dependency_mask, gather_tokens, reversed_attention
+from layers import dependency_mask, gather_tokens, reversed_attention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages,
+    resample_pos_embed, token_maps, unwrap_state_dict)
 
 __all__ = ['DependencyViT']
 
@@ -97,7 +95,7 @@ class ReversedAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, head_select_temp: float = 0.1,
-                 msg_hidden_ratio: float = 0.5, proj_drop: float = 0., kernel_impl: Optional[str] = None):
+                 msg_hidden_ratio: float = 0.5, proj_drop: float = 0.):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -106,7 +104,7 @@ class ReversedAttention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.head_select_temp = head_select_temp
-        self.kernel_impl = kernel_impl
+        self.kernel_impl: Optional[str] = None  # the operator's implementation, set by the model
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.head_selector = nn.Linear(dim, num_heads, bias=False)
         self.message_controller = MessageController(dim, int(dim * msg_hidden_ratio))
@@ -137,12 +135,11 @@ class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = False,
                  head_select_temp: float = 0.1, msg_hidden_ratio: float = 0.5, init_values: Optional[float] = 1e-6,
                  proj_drop: float = 0., drop_path: float = 0., norm_layer=nn.LayerNorm,
-                 keep_fraction: Optional[float] = None, kernel_impl: Optional[str] = None):
+                 keep_fraction: Optional[float] = None):
         super().__init__()
         self.keep_fraction = keep_fraction
         self.norm1 = norm_layer(dim)
-        self.attn = ReversedAttention(dim, num_heads, qkv_bias, head_select_temp, msg_hidden_ratio, proj_drop,
-                                      kernel_impl)
+        self.attn = ReversedAttention(dim, num_heads, qkv_bias, head_select_temp, msg_hidden_ratio, proj_drop)
         self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = norm_layer(dim)
@@ -238,7 +235,7 @@ class DependencyViT(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, head_select_temp, msg_hidden_ratio, init_values,
-                  proj_drop_rate, dpr[i], norm_layer, keep.get(i), kernel_impl)
+                  proj_drop_rate, dpr[i], norm_layer, keep.get(i))
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
@@ -248,6 +245,7 @@ class DependencyViT(nn.Module):
 
         trunc_normal_(self.pos_embed, std=.02)
         self.apply(init_vit_weights)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -335,27 +333,17 @@ class DependencyViT(nn.Module):
             output_fmt: 'NCHW' or 'NLC'.
             intermediates_only: return only the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x, msg, grids, _ = self._run_blocks(self._embed(x), range(last + 1), take=take_indices, norm=norm)
-        if output_fmt == 'NCHW':
-            h, w = self.grid_size
-            grids = [g.transpose(1, 2).reshape(g.shape[0], -1, h, w) for g in grids]
+        grids = token_maps(grids, self.grid_size, output_fmt)
         if intermediates_only:
             return grids
         return self._head_tokens(x, msg), grids
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm, levels='blocks')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens as the head sees them: final norm times the cumulative message M, (B, N_kept, C)."""

@@ -66,8 +66,8 @@ parallel branches count as the one convolution they are in eval mode):
 The abstract's third comparison (accuracy comparable to EfficientNet-B5 at 43% higher TensorRT speed) names no
 second FMViT size, so no further variant is registered: a size between or beyond these would be invented.
 
-Deployment: `model.eval().fuse()` folds every Conv-BN, merges the re-parameterized branches and the MLP pre-norms,
-in place (eval outputs unchanged to float rounding, tested); timm's `reparameterize_model` does the same.
+Deployment: timm's `reparameterize_model(model.eval())` folds every Conv-BN, merges the re-parameterized branches
+and the MLP pre-norms (each block's `fuse()`; eval outputs unchanged to float rounding, tested).
 """
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -76,15 +76,12 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, get_act_layer, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
-from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, reparameterize
+from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, set_module_kernel_impl
 from ._helpers import (
     CheckpointMismatchError, check_input_size, check_state_dict_keys, prune_stages, stage_intermediates,
-    unwrap_state_dict,
-)
+    unwrap_state_dict)
 
 __all__ = ['FMViT']
 
@@ -93,10 +90,10 @@ class ConvMixer(nn.Module):
     """Multi-head convolutional mixer: grouped 3x3 + grouped 1x1 + identity (one grouped 3x3 once fused), act,
     and (optionally) a 1x1 Conv-BN fusing the groups."""
 
-    def __init__(self, dim: int, head_dim: int, act_layer, proj: bool = True, kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, head_dim: int, act_layer, proj: bool = True):
         super().__init__()
         groups = dim // head_dim
-        self.conv = RepConvNorm(dim, dim, ((3, groups), (1, groups)), identity=True, kernel_impl=kernel_impl)
+        self.conv = RepConvNorm(dim, dim, ((3, groups), (1, groups)), identity=True)
         self.act = act_layer()
         self.proj = ConvNorm(dim, dim, bn_weight_init=0.) if proj else nn.Identity()
 
@@ -108,16 +105,15 @@ class MultiGroupMlp(nn.Module):
     """The paper's gMLP as reconstructed: BatchNorm, then a 1x1 MLP whose projections are multi-group
     re-parameterized convolutions (parallel 1x1 Conv-BN branches with `groups`, merged for deployment)."""
 
-    def __init__(self, dim: int, hidden_dim: int, act_layer, groups: Sequence[int] = (1, 2, 4),
-                 kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, hidden_dim: int, act_layer, groups: Sequence[int] = (1, 2, 4)):
         super().__init__()
         if groups[0] != 1:
             raise ValueError(f'MultiGroupMlp needs a dense (1-group) branch first, got groups {tuple(groups)}')
         branches = tuple((1, g) for g in groups)
         self.norm = nn.BatchNorm2d(dim)
-        self.fc1 = RepConvNorm(dim, hidden_dim, branches, kernel_impl=kernel_impl)
+        self.fc1 = RepConvNorm(dim, hidden_dim, branches)
         self.act = act_layer()
-        self.fc2 = RepConvNorm(hidden_dim, dim, branches, bn_weight_init=0., kernel_impl=kernel_impl)
+        self.fc2 = RepConvNorm(hidden_dim, dim, branches, bn_weight_init=0.)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
@@ -136,11 +132,11 @@ class ConvFusionBlock(nn.Module):
     """CFB: x + ConvMixer(x), then x + MultiGroupMlp(x)."""
 
     def __init__(self, dim: int, head_dim: int, mlp_ratio: float, mlp_groups: Sequence[int], drop_path: float,
-                 act_layer, kernel_impl: Optional[str] = None):
+                 act_layer):
         super().__init__()
-        self.mixer = ConvMixer(dim, head_dim, act_layer, kernel_impl=kernel_impl)
+        self.mixer = ConvMixer(dim, head_dim, act_layer)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.mlp = MultiGroupMlp(dim, int(dim * mlp_ratio), act_layer, mlp_groups, kernel_impl)
+        self.mlp = MultiGroupMlp(dim, int(dim * mlp_ratio), act_layer, mlp_groups)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +149,7 @@ class FrequencyMixingBlock(nn.Module):
     1x1 Conv-BN (residual), then x + MultiGroupMlp(x)."""
 
     def __init__(self, dim: int, head_dim: int, rates: Sequence[int], lf_ratio: float, mlp_ratio: float,
-                 mlp_groups: Sequence[int], drop_path: float, act_layer, kernel_impl: Optional[str] = None):
+                 mlp_groups: Sequence[int], drop_path: float, act_layer):
         super().__init__()
         unit = head_dim * len(rates)  # the attention path takes whole heads, as many per rate
         lf_dim = min(max(unit, round(dim * lf_ratio / unit) * unit), dim - head_dim)
@@ -162,11 +158,11 @@ class FrequencyMixingBlock(nn.Module):
             raise ValueError(f'FrequencyMixingBlock: {dim} channels do not split into whole heads of {head_dim} '
                              f'for rates {tuple(rates)} (low-frequency share {lf_ratio})')
         self.norm = nn.BatchNorm2d(dim)
-        self.high = ConvMixer(self.hf_dim, head_dim, act_layer, proj=False, kernel_impl=kernel_impl)
-        self.low = MultiRateAttention(dim, lf_dim, head_dim, rates, proj=False, kernel_impl=kernel_impl)
+        self.high = ConvMixer(self.hf_dim, head_dim, act_layer, proj=False)
+        self.low = MultiRateAttention(dim, lf_dim, head_dim, rates, proj=False)
         self.fusion = ConvNorm(dim, dim, bn_weight_init=0.)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.mlp = MultiGroupMlp(dim, int(dim * mlp_ratio), act_layer, mlp_groups, kernel_impl)
+        self.mlp = MultiGroupMlp(dim, int(dim * mlp_ratio), act_layer, mlp_groups)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +189,7 @@ class FMViTStage(nn.Module):
 
     def __init__(self, in_chs: int, dim: int, depth: int, stride: int, fmb_interval: int, head_dim: int,
                  rates: Sequence[int], lf_ratio: float, mlp_ratio: float, mlp_groups: Sequence[int],
-                 drop_path: List[float], act_layer, kernel_impl: Optional[str] = None):
+                 drop_path: List[float], act_layer):
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = Downsample(in_chs, dim, stride)
@@ -201,10 +197,9 @@ class FMViTStage(nn.Module):
         for j in range(depth):
             if fmb_interval and (j + 1) % fmb_interval == 0:
                 blocks.append(FrequencyMixingBlock(dim, head_dim, rates, lf_ratio, mlp_ratio, mlp_groups,
-                                                   drop_path[j], act_layer, kernel_impl))
+                                                   drop_path[j], act_layer))
             else:
-                blocks.append(ConvFusionBlock(dim, head_dim, mlp_ratio, mlp_groups, drop_path[j], act_layer,
-                                              kernel_impl))
+                blocks.append(ConvFusionBlock(dim, head_dim, mlp_ratio, mlp_groups, drop_path[j], act_layer))
         self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -282,7 +277,7 @@ class FMViT(nn.Module):
             reduction *= stride
             stages.append(FMViTStage(
                 in_chs, embed_dims[i], depths[i], stride, fmb_intervals[i], head_dim, kv_rates[i], lf_ratio,
-                mlp_ratios[i], mlp_groups, dpr[i], act_layer, kernel_impl))
+                mlp_ratios[i], mlp_groups, dpr[i], act_layer))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f'stages.{i}'))
             in_chs = embed_dims[i]
         self.stages = nn.Sequential(*stages)
@@ -290,6 +285,7 @@ class FMViT(nn.Module):
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
         named_apply(_init_weights, self)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -319,14 +315,6 @@ class FMViT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
-
-    @torch.no_grad()
-    def fuse(self) -> 'FMViT':
-        """Deployment form, in place: every Conv-BN folded, re-parameterized branches and MLP pre-norms merged
-        (one conv each); returns self. Eval mode only (running statistics are folded)."""
-        if self.training:
-            raise RuntimeError('fuse() folds BatchNorm running statistics: call model.eval() first')
-        return reparameterize(self)
 
     def forward_intermediates(
             self,
@@ -389,8 +377,9 @@ def checkpoint_filter_fn(state_dict: dict, model: FMViT) -> dict:
     state_dict = unwrap_state_dict(state_dict)
     if 'stem.0.weight' in state_dict and 'stem.0.conv.weight' not in state_dict:
         raise CheckpointMismatchError(
-            'this FMViT checkpoint is in the fused deploy form (saved after fuse()); build the model, call '
-            'model.eval().fuse() and then model.load_state_dict(...) instead of loading it through timm')
+            'this FMViT checkpoint is in the fused deploy form (saved after reparameterize_model); build the model, '
+            'call timm.utils.reparameterize_model(model.eval()) and load_state_dict(...) on the result instead of '
+            'loading it through timm')
     check_state_dict_keys(state_dict, model, source='FMViT checkpoint')
     return state_dict
 
@@ -422,20 +411,16 @@ default_cfgs = generate_default_cfgs({
     'fmvit_b': _cfg(),
 })
 
-# variant: stem_chs, embed_dims, depths, fmb_intervals, head_dim, mlp_ratios
-_VARIANTS = {
-    't': dict(stem_chs=(24, 48), embed_dims=(48, 96, 192, 384), depths=(2, 2, 6, 2), fmb_intervals=(0, 2, 3, 2),
-              head_dim=16, mlp_ratios=(3, 3, 3, 3)),
-    'b': dict(stem_chs=(32, 64), embed_dims=(96, 192, 384, 768), depths=(3, 4, 22, 3), fmb_intervals=(0, 4, 5, 3),
-              head_dim=32, mlp_ratios=(3, 3, 3, 3.5)),
-}
-
 
 @register_model
 def fmvit_t(pretrained: bool = False, **kwargs) -> FMViT:
-    return _create_fmvit('fmvit_t', pretrained=pretrained, **dict(_VARIANTS['t'], **kwargs))
+    model_args = dict(stem_chs=(24, 48), embed_dims=(48, 96, 192, 384), depths=(2, 2, 6, 2),
+                      fmb_intervals=(0, 2, 3, 2), head_dim=16, mlp_ratios=(3, 3, 3, 3))
+    return _create_fmvit('fmvit_t', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def fmvit_b(pretrained: bool = False, **kwargs) -> FMViT:
-    return _create_fmvit('fmvit_b', pretrained=pretrained, **dict(_VARIANTS['b'], **kwargs))
+    model_args = dict(stem_chs=(32, 64), embed_dims=(96, 192, 384, 768), depths=(3, 4, 22, 3),
+                      fmb_intervals=(0, 4, 5, 3), head_dim=32, mlp_ratios=(3, 3, 3, 3.5))
+    return _create_fmvit('fmvit_b', pretrained=pretrained, **dict(model_args, **kwargs))

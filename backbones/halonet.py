@@ -53,11 +53,10 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, make_divisible, to_2tuple
-from timm.models._builder import build_model_with_cfg
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, LayerFn, create_shortcut, interleave_blocks
 
-from layers import HaloAttention
+from layers import HaloAttention, set_module_kernel_impl
 from ._helpers import check_input_size, check_state_dict_keys, unwrap_state_dict
 
 __all__ = ['HaloNet', 'ValueExpandedSelfAttnBlock']
@@ -129,9 +128,7 @@ class HaloNet(ByobNet):
     def __init__(self, cfg: ByoModelCfg, kernel_impl: Optional[str] = None, img_size=None, **kwargs):
         super().__init__(cfg, img_size=img_size, **kwargs)
         self.fixed_input_size = tuple(to_2tuple(img_size)) if cfg.fixed_input_size else None
-        for module in self.modules():
-            if isinstance(module, HaloAttention):
-                module.kernel_impl = kernel_impl
+        set_module_kernel_impl(self, kernel_impl)
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_input_size(x, self.in_chans, img_size=self.fixed_input_size, model_name=type(self).__name__)

@@ -69,13 +69,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
-from layers import FourierKArAt, KArAtAttention
-from ._helpers import check_input_size, check_state_dict_keys, init_vit_weights, unwrap_state_dict
+from layers import FourierKArAt, KArAtAttention, set_module_kernel_impl
+from ._helpers import (
+    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages, token_maps,
+    unwrap_state_dict)
 
 __all__ = ['KArAtViT']
 
@@ -88,16 +88,14 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, num_tokens: int, mlp_ratio: float = 4., qkv_bias: bool = True,
                  attn_act: str = 'fourier_kan', shared: bool = False, rank: int = 12, grid_size: int = 3,
-                 base_act: str = 'zero', proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.,
-                 kernel_impl: Optional[str] = None):
+                 base_act: str = 'zero', proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0.):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if attn_act == 'softmax':
             self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         else:
             self.attn = KArAtAttention(dim, num_heads, num_tokens, rank, grid_size, base_act, shared=shared,
-                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-                                       kernel_impl=kernel_impl)
+                                       qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -170,12 +168,12 @@ class KArAtViT(nn.Module):
         self.pos_drop = nn.Dropout(proj_drop_rate)
         universal = attn_act == 'fourier_kan' and sharing == 'universal'
         # universal sharing: the one operator bank lives here, once, and every block is handed it
-        self.attn_act = FourierKArAt(num_heads, self.num_tokens, rank, grid_size, base_act, kernel_impl) \
+        self.attn_act = FourierKArAt(num_heads, self.num_tokens, rank, grid_size, base_act) \
             if universal else None
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, self.num_tokens, mlp_ratio, qkv_bias, attn_act, universal, rank, grid_size,
-                  base_act, proj_drop_rate, attn_drop_rate, dpr[i], kernel_impl)
+                  base_act, proj_drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(drop_rate)
@@ -186,6 +184,7 @@ class KArAtViT(nn.Module):
         trunc_normal_(self.pos_embed, std=.02)
         trunc_normal_(self.cls_token, std=.02)
         self.apply(init_vit_weights)  # FourierKArAt initialises its own parameters
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -244,29 +243,18 @@ class KArAtViT(nn.Module):
             indices: None (all), n (last n) or a list of block indices. norm: apply the final norm to them.
             stop_early: stop after the last selected block. output_fmt: 'NCHW' or 'NLC'.
         """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         last = max_index if stop_early else len(self.blocks) - 1
         x, intermediates = self._run(x, last, take_indices)
-        if norm:
-            intermediates = [self.norm(t) for t in intermediates]
-        if output_fmt == 'NCHW':
-            h, w = self.grid_size
-            intermediates = [t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in intermediates]
+        intermediates = token_maps([self.norm(t) for t in intermediates] if norm else intermediates, self.grid_size,
+                                   output_fmt)
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm, levels='blocks')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, _ = self._run(x, len(self.blocks) - 1)

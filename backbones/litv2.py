@@ -52,13 +52,11 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
-from layers import DeformTokenMerge, HiLoAttention
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from layers import DeformTokenMerge, HiLoAttention, set_module_kernel_impl
+from ._helpers import (
+    check_input_size, check_state_dict_keys, feature_take_indices, prune_stages, remap_state_dict, unwrap_state_dict)
 
 __all__ = ['LITv2']
 
@@ -118,11 +116,10 @@ class Block(nn.Module):
     """x + DropPath(HiLo(LN(x))), then x + DropPath(ConvFFN(LN(x)))."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, alpha: float, mlp_ratio: float = 4.,
-                 qkv_bias: bool = True, proj_drop: float = 0., drop_path: float = 0.,
-                 kernel_impl: Optional[str] = None):
+                 qkv_bias: bool = True, proj_drop: float = 0., drop_path: float = 0.):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = HiLoAttention(dim, num_heads, window_size, alpha, qkv_bias=qkv_bias, kernel_impl=kernel_impl)
+        self.attn = HiLoAttention(dim, num_heads, window_size, alpha, qkv_bias=qkv_bias)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = ConvFfn(dim, int(dim * mlp_ratio), drop=proj_drop)
@@ -138,13 +135,13 @@ class LITv2Stage(nn.Module):
 
     def __init__(self, in_chs: int, dim: int, depth: int, num_heads: int, attention: bool, window_size: int,
                  alpha: float, mlp_ratio: float, qkv_bias: bool, proj_drop: float, drop_path: List[float],
-                 downsample: bool, kernel_impl: Optional[str]):
+                 downsample: bool):
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = DeformTokenMerge(in_chs, dim, kernel_impl=kernel_impl) if downsample else None
+        self.downsample = DeformTokenMerge(in_chs, dim) if downsample else None
         if attention:
-            blocks = [Block(dim, num_heads, window_size, alpha, mlp_ratio, qkv_bias, proj_drop, drop_path[j],
-                            kernel_impl) for j in range(depth)]
+            blocks = [Block(dim, num_heads, window_size, alpha, mlp_ratio, qkv_bias, proj_drop, drop_path[j])
+                      for j in range(depth)]
         else:
             blocks = [ConvFfnBlock(dim, mlp_ratio, proj_drop, drop_path[j]) for j in range(depth)]
         self.blocks = nn.Sequential(*blocks)
@@ -211,12 +208,13 @@ class LITv2(nn.Module):
         for i, dim in enumerate(dims):
             stages.append(LITv2Stage(
                 dims[i - 1] if i > 0 else dim, dim, depths[i], num_heads[i], attn_stages[i], window_sizes[i], alpha,
-                mlp_ratio, qkv_bias, proj_drop_rate, dpr[i], downsample=i > 0, kernel_impl=kernel_impl))
+                mlp_ratio, qkv_bias, proj_drop_rate, dpr[i], downsample=i > 0))
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f'stages.{i}'))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         named_apply(_init_weights, self)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -268,6 +266,8 @@ class LITv2(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs (before the next stage's token merging), as NCHW or NHWC maps.
 
+        Not `_helpers.stage_intermediates`, which serves NCHW stages: LITv2's stages run on NHWC tokens.
+
         Args:
             x: (B, C, H, W) input. indices: None (all), n (last n) or a list of stage indices.
             norm: apply the final LayerNorm to the last stage's output when it is selected.
@@ -294,13 +294,7 @@ class LITv2(nn.Module):
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
         """Keep the stages up to the last selected one; optionally drop the final norm and the head."""
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
+        return prune_stages(self, indices, prune_head, prune_norm)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) image -> (B, C4, H / 32, W / 32) LayerNormed last-stage map (NCHW)."""
@@ -387,67 +381,63 @@ default_cfgs = generate_default_cfgs({
     'litv2_s_alpha1.in1k': _cfg(url=f'{_RELEASE}/v1.1/alpha_1.pth'),
 })
 
-_S = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-_M = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
-_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-
 
 @register_model
 def litv2_s(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.9)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.9)
     return _create_litv2('litv2_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_m(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_M, alpha=0.9)
+    model_args = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), alpha=0.9)
     return _create_litv2('litv2_m', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_b(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_B, alpha=0.9)
+    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), alpha=0.9)
     return _create_litv2('litv2_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_b_384(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_B, alpha=0.9)
+    model_args = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), alpha=0.9)
     return _create_litv2('litv2_b_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 # LITv2-S trained with other Lo-Fi fractions (release v1.1, the paper's alpha ablation); alpha 0.9 is litv2_s.
 @register_model
 def litv2_s_alpha0(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.0)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.0)
     return _create_litv2('litv2_s_alpha0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_s_alpha02(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.2)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.2)
     return _create_litv2('litv2_s_alpha02', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_s_alpha04(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.4)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.4)
     return _create_litv2('litv2_s_alpha04', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_s_alpha05(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.5)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.5)
     return _create_litv2('litv2_s_alpha05', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_s_alpha07(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=0.7)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=0.7)
     return _create_litv2('litv2_s_alpha07', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_s_alpha1(pretrained: bool = False, **kwargs) -> LITv2:
-    model_args = dict(_S, alpha=1.0)
+    model_args = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), alpha=1.0)
     return _create_litv2('litv2_s_alpha1', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -34,8 +34,9 @@ Deviations from the official code:
   are elementwise and not counted, about 1%); the paper's 0.3/0.5/1.3G are rounded to 0.1G and were counted
   on the fused model with SKA stood in for by a depthwise 3x3 conv, so they agree within their rounding.
 - SKA runs through `layers.ska` (CPU-friendly `shift` path by default); no Triton.
-- `fuse()` folds every Conv-BN, the RepVGG branches and the BatchNorm1d heads (the official
-  `replace_batchnorm`); the fused modules keep the model's dtype (the official ones are float32).
+- timm's `reparameterize_model(model.eval())` folds every Conv-BN, the RepVGG branches and the BatchNorm1d heads
+  (each module's `fuse()`; the official `replace_batchnorm`); the fused modules keep the model's dtype (the
+  official ones are float32).
 """
 from typing import List, Optional, Tuple, Union
 
@@ -45,15 +46,11 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SqueezeExcite
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from layers import ConvNorm, LSConv, NormLinear, reparameterize
+from layers import ConvNorm, LSConv, NormLinear, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
-    unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
 
 __all__ = ['LSNet']
 
@@ -130,14 +127,13 @@ class Ffn(nn.Module):
 class Block(nn.Module):
     """out = y + FFN(y), y = se(mixer(x)); the mixers include their own residual."""
 
-    def __init__(self, dim: int, index: int, attention: bool, drop_path: float = 0.,
-                 kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, index: int, attention: bool, drop_path: float = 0.):
         super().__init__()
         if index % 2 == 0:
             self.mixer = RepVggDw(dim)
             self.se = SqueezeExcite(dim, rd_ratio=0.25)
         else:
-            self.mixer = Attention(dim) if attention else LSConv(dim, kernel_impl)
+            self.mixer = Attention(dim) if attention else LSConv(dim)
             self.se = nn.Identity()
         self.ffn = Ffn(dim, 2 * dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -149,13 +145,13 @@ class Block(nn.Module):
 
 class LSNetStage(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, depth: int, attention: bool, downsample: bool,
-                 drop_path: List[float], kernel_impl: Optional[str]):
+                 drop_path: List[float]):
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = nn.Sequential(
             ConvNorm(in_chs, in_chs, 3, stride=2, padding=1, groups=in_chs), ConvNorm(in_chs, out_chs),
         ) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[Block(out_chs, j, attention, drop_path[j], kernel_impl) for j in range(depth)])
+        self.blocks = nn.Sequential(*[Block(out_chs, j, attention, drop_path[j]) for j in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
@@ -209,7 +205,7 @@ class LSNet(nn.Module):
             if i > 0:
                 reduction *= 2
             stages.append(LSNetStage(in_chs, dim, depth, attention=i == len(depths) - 1, downsample=i > 0,
-                                     drop_path=dpr[i], kernel_impl=kernel_impl))
+                                     drop_path=dpr[i]))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
@@ -217,6 +213,7 @@ class LSNet(nn.Module):
         self.head = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
             self.head_dist = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -253,13 +250,6 @@ class LSNet(nn.Module):
         if self.distilled:
             self.head_dist = NormLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
             self.head_dist.train(self.training)
-
-    @torch.no_grad()
-    def fuse(self) -> 'LSNet':
-        """Fold every BatchNorm that can be folded (deployment); returns self. Eval mode only."""
-        if self.training:
-            raise RuntimeError('fuse() folds running statistics: call model.eval() first')
-        return reparameterize(self)
 
     def forward_intermediates(
             self,

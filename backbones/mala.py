@@ -40,15 +40,11 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
-from layers import linear_attention, rope_2d, softmax_attention
+from layers import linear_attention, rope_2d, set_module_kernel_impl, softmax_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
-    unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
 
 __all__ = ['MAViT']
 
@@ -59,12 +55,12 @@ class GatedAttention(nn.Module):
     `linear=True`: magnitude-aware linear attention; else softmax attention.
     """
 
-    def __init__(self, dim: int, num_heads: int, linear: bool, kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, num_heads: int, linear: bool):
         super().__init__()
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.scale = self.head_dim ** -0.5
         self.linear = linear
-        self.kernel_impl = kernel_impl
+        self.kernel_impl: Optional[str] = None  # the operator's implementation, set by the model
         self.qkvo = nn.Conv2d(dim, dim * 4, 1)
         self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self.proj = nn.Conv2d(dim, dim, 1)
@@ -102,11 +98,11 @@ class ConvFfn(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, linear: bool, drop_path: float = 0.,
-                 ls_init_value: float = 1., kernel_impl: Optional[str] = None):
+                 ls_init_value: float = 1.):
         super().__init__()
         self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.norm1 = LayerNorm2d(dim, eps=1e-6)
-        self.attn = GatedAttention(dim, num_heads, linear, kernel_impl)
+        self.attn = GatedAttention(dim, num_heads, linear)
         self.ls1 = LayerScale2d(dim, ls_init_value)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = LayerNorm2d(dim, eps=1e-6)
@@ -133,12 +129,12 @@ class Downsample(nn.Module):
 
 class MAViTStage(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, depth: int, num_heads: int, mlp_ratio: float, linear: bool,
-                 drop_path: List[float], ls_init_value: float, downsample: bool, kernel_impl: Optional[str]):
+                 drop_path: List[float], ls_init_value: float, downsample: bool):
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = Downsample(in_chs, out_chs) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
-            Block(out_chs, num_heads, mlp_ratio, linear, drop_path[j], ls_init_value, kernel_impl)
+            Block(out_chs, num_heads, mlp_ratio, linear, drop_path[j], ls_init_value)
             for j in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,12 +219,13 @@ class MAViT(nn.Module):
             if i > 0:
                 reduction *= 2
             stages.append(MAViTStage(in_chs, dim, depths[i], num_heads[i], mlp_ratio, linear_stages[i], dpr[i],
-                                     ls_init_values[i], i > 0, kernel_impl))
+                                     ls_init_values[i], i > 0))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
         self.head = MAViTHead(self.num_features, head_hidden_size, num_classes, global_pool, drop_rate)
         named_apply(_init_weights, self)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

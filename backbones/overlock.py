@@ -33,12 +33,14 @@ Deviations and assumptions (none change the function):
   `focus_stages.{0,1}.{downsample,blocks}`, ContMix parameters under `.contmix.`, heads `head.{conv,norm,fc}` and
   `aux_head.{norm,fc}` with Linear classifiers (the official 1x1 convs are reshaped on load).
   `checkpoint_filter_fn` maps the official keys (bare, 'state_dict', 'model' or 'state_dict_ema' wrapped).
-- Training output is the official one: `dict(main=logits, aux=aux_logits)` in train mode (loss CE(main) +
-  0.4 CE(aux)); eval returns the main logits. `deep_supervision=False` builds no aux head (checkpoints' aux keys
-  are then dropped) and training returns plain logits.
+- Training returns the main logits, as every timm model; the official train-mode output also carries the aux
+  head's logits, which the model keeps from its training forward for `training_losses()` (engine/hooks.py): the
+  official loss CE(main) + 0.4 CE(aux) with the training criterion. `deep_supervision=False` builds no aux head
+  (checkpoints' aux keys are then dropped).
 - `*_reparam` variants are the official deploy form (each DilatedReparamBlock one K x K dw conv with bias);
-  `reparameterize()` converts a trained model in place (eval mode), exactly. The official `*_reparam`
-  constructors ignore their kwargs (num_classes, drop_path_rate) and s/b never load weights; ours honour both.
+  timm's `reparameterize_model(model.eval())` converts a trained model (every block's `fuse()`), exactly. The
+  official `*_reparam` constructors ignore their kwargs (num_classes, drop_path_rate) and s/b never load weights;
+  ours honour both.
 - Parameter counts are the official constructors' (with the aux head). The published 16/33/56/95 M are the
   deploy models without the aux head (16,453,712 / 33,467,040 / 56,156,452 / 94,942,528 here).
 - FLOPs: fvcore counts 2.717 / 5.677 / 9.941 / 17.169 GMACs for the deploy models (xt/t/s/b) at 224 (train
@@ -70,13 +72,11 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from layers import ContMix, dilated_dwconv2d, reparameterize
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict
+from layers import ContMix, dilated_dwconv2d, folded_bn, set_module_kernel_impl
+from ._helpers import (
+    check_input_size, check_state_dict_keys, feature_take_indices, remap_state_dict, unwrap_state_dict)
 
 __all__ = ['OverLoCK']
 
@@ -92,23 +92,18 @@ _BRANCHES = {
 }
 
 
-def _fuse_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d):
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-    bias = bn.bias - bn.running_mean * scale + (0 if bias is None else bias * scale)
-    return weight * scale[:, None, None, None], bias
-
-
 class DilatedReparamBlock(nn.Module):
     """UniRepLKNet's block: BN(dw KxK) + sum_i BN_i(dw k_i x k_i, dilation r_i), all 'same' padded.
 
     `deploy=True` is the merged form, one dw K x K conv with bias; `fuse()` returns it (eval statistics).
     """
 
-    def __init__(self, dim: int, kernel_size: int, deploy: bool = False, kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, kernel_size: int, deploy: bool = False):
         super().__init__()
         if kernel_size not in _BRANCHES:
             raise ValueError(f'DilatedReparamBlock supports kernel sizes {sorted(_BRANCHES)}, got {kernel_size}')
-        self.kernel_size, self.deploy, self.kernel_impl = kernel_size, deploy, kernel_impl
+        self.kernel_size, self.deploy = kernel_size, deploy
+        self.kernel_impl: Optional[str] = None  # the operator's implementation, set by the model
         self.branches = tuple(zip(*_BRANCHES[kernel_size]))
         self.lk_origin = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=deploy)
         if not deploy:
@@ -133,16 +128,19 @@ class DilatedReparamBlock(nn.Module):
         if self.deploy:
             return self
         dim, K = self.lk_origin.out_channels, self.kernel_size
-        weight, bias = _fuse_bn(self.lk_origin.weight, None, self.origin_bn)
+        scale, bias = folded_bn(self.origin_bn)
+        weight = self.lk_origin.weight * scale[:, None, None, None]
         for k, r in self.branches:
-            w, b = _fuse_bn(getattr(self, f'dil_conv_k{k}_{r}').weight, None, getattr(self, f'dil_bn_k{k}_{r}'))
+            s, b = folded_bn(getattr(self, f'dil_bn_k{k}_{r}'))
+            w = getattr(self, f'dil_conv_k{k}_{r}').weight * s[:, None, None, None]
             span = r * (k - 1) + 1
             dilated = w.new_zeros(dim, 1, span, span)
             dilated[:, :, ::r, ::r] = w  # zero-interleaved: the same taps at their dilated offsets
             pad = (K - span) // 2
             weight = weight + F.pad(dilated, [pad] * 4)
             bias = bias + b
-        fused = DilatedReparamBlock(dim, K, deploy=True, kernel_impl=self.kernel_impl).to(weight)
+        fused = DilatedReparamBlock(dim, K, deploy=True).to(weight)
+        fused.kernel_impl = self.kernel_impl
         fused.lk_origin.weight.copy_(weight)
         fused.lk_origin.bias.copy_(bias)
         return fused
@@ -205,13 +203,13 @@ class RepConvBlock(nn.Module):
     """Base-/Overview-Net block (see the module docstring)."""
 
     def __init__(self, dim: int, kernel_size: int, mlp_ratio: float = 4., ls_init_value: Optional[float] = None,
-                 drop_path: float = 0., deploy: bool = False, kernel_impl: Optional[str] = None):
+                 drop_path: float = 0., deploy: bool = False):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.dwconv = ResDWConv(dim)
         self.proj = nn.Sequential(
             LayerNorm2d(dim, eps=1e-6),
-            DilatedReparamBlock(dim, kernel_size, deploy, kernel_impl),
+            DilatedReparamBlock(dim, kernel_size, deploy),
             nn.BatchNorm2d(dim),
             SEModule(dim),
             nn.Conv2d(dim, hidden, 1),
@@ -234,13 +232,12 @@ class FocusBlock(nn.Module):
 
     def __init__(self, dim: int, ctx_dim: int, kernel_size: int, small_kernel_size: int = 5, num_heads: int = 2,
                  mlp_ratio: float = 3., ls_init_value: Optional[float] = 1., drop_path: float = 0.,
-                 is_first: bool = False, is_last: bool = False, deploy: bool = False,
-                 kernel_impl: Optional[str] = None):
+                 is_first: bool = False, is_last: bool = False, deploy: bool = False):
         super().__init__()
         out_dim = dim + ctx_dim
         hidden = int(dim * mlp_ratio)
         self.dim, self.ctx_dim, self.is_first, self.is_last = dim, ctx_dim, is_first, is_last
-        self.contmix = ContMix(dim, ctx_dim, kernel_size, small_kernel_size, num_heads, kernel_impl=kernel_impl)
+        self.contmix = ContMix(dim, ctx_dim, kernel_size, small_kernel_size, num_heads)
         if not is_first:
             self.x_scale = LayerScale(ctx_dim, 1.)
             self.h_scale = LayerScale(ctx_dim, 1.)
@@ -250,7 +247,7 @@ class FocusBlock(nn.Module):
             nn.Conv2d(out_dim, out_dim, 3, padding=1, groups=out_dim), nn.BatchNorm2d(out_dim), nn.GELU(),
             nn.Conv2d(out_dim, dim, 1), GRN(dim))
         self.dyconv_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim))
-        self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy, kernel_impl), nn.BatchNorm2d(dim))
+        self.lepe = nn.Sequential(DilatedReparamBlock(dim, kernel_size, deploy), nn.BatchNorm2d(dim))
         self.se_layer = SEModule(dim)
         self.gate = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.SiLU())
         self.proj = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, out_dim, 1))
@@ -334,7 +331,7 @@ class FocusStage(nn.Module):
         return x, h
 
 
-class ClassifierHead(nn.Module):
+class ConvClassifierHead(nn.Module):
     """1x1 conv (no bias) -> BN -> SiLU -> global pool -> Linear (official: a 1x1 conv after the pool)."""
 
     def __init__(self, in_chs: int, hidden: int, num_classes: int, pool_type: str = 'avg', drop_rate: float = 0.):
@@ -397,6 +394,7 @@ class OverLoCK(nn.Module):
             head_hidden_size: int = 1024,
             deploy: bool = False,
             deep_supervision: bool = True,
+            aux_loss_weight: float = 0.4,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             kernel_impl: Optional[str] = None,
@@ -411,7 +409,9 @@ class OverLoCK(nn.Module):
             ls_init_values: layer-scale init per stage (None: no layer scale); focus stages use stages 2, 3.
             small_kernel_size: ContMix's small kernel. head_hidden_size: width of the head's 1x1 conv.
             deploy: build the re-parameterised form (one dw conv per DilatedReparamBlock).
-            deep_supervision: keep the auxiliary head; training then returns dict(main=..., aux=...).
+            deep_supervision: keep the auxiliary head on the Overview-Net output; `training_losses()` then
+                gives its loss, `aux_loss_weight * criterion(aux_logits, target)`.
+            aux_loss_weight: weight of the aux head's loss (official 0.4).
             drop_rate: dropout before the classifier. drop_path_rate: stochastic depth, linear over all blocks
                 (Base/Overview blocks first, then Focus blocks, as the official schedule).
             kernel_impl: implementation of the layers operators (None: process-wide setting).
@@ -424,7 +424,6 @@ class OverLoCK(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.in_chans = in_chans
-        self.deploy = deploy
         self.num_features = D[3] + ctx_dim
         self.head_hidden_size = head_hidden_size
         self.grad_checkpointing = False
@@ -438,16 +437,14 @@ class OverLoCK(nn.Module):
         dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(all_depths), device='cpu').split(all_depths)]
         self.stages = nn.Sequential(*[
             BaseStage(D[i - 1] if i else D[0], D[i], depths[i], downsample=i > 0, kernel_size=kernel_sizes[i],
-                      mlp_ratio=mlp_ratios[i], ls_init_value=ls_init_values[i], drop_path=dpr[i], deploy=deploy,
-                      kernel_impl=kernel_impl)
+                      mlp_ratio=mlp_ratios[i], ls_init_value=ls_init_values[i], drop_path=dpr[i], deploy=deploy)
             for i in range(4)])
         self.overview_proj = nn.Conv2d(D[3], ctx_dim, 1)
         self.focus_stages = nn.ModuleList([
             FocusStage(D[1 + i], D[2 + i], ctx_dim, focus_depths[i], downsample=i == 1, first_is_first=i == 0,
                        last_is_last=i == 1, drop_path=dpr[4 + i], kernel_size=kernel_sizes[2 + i],
                        small_kernel_size=small_kernel_size, num_heads=focus_num_heads[i],
-                       mlp_ratio=focus_mlp_ratios[i], ls_init_value=ls_init_values[2 + i], deploy=deploy,
-                       kernel_impl=kernel_impl)
+                       mlp_ratio=focus_mlp_ratios[i], ls_init_value=ls_init_values[2 + i], deploy=deploy)
             for i in range(2)])
         self.feature_info = [
             dict(num_chs=D[0], reduction=4, module='stages.0'),
@@ -456,8 +453,11 @@ class OverLoCK(nn.Module):
             dict(num_chs=D[3] + ctx_dim, reduction=32, module='focus_stages.1'),
         ]
         self.aux_head = AuxHead(D[3], num_classes) if deep_supervision else None
-        self.head = ClassifierHead(self.num_features, head_hidden_size, num_classes, global_pool, drop_rate)
+        self.aux_loss_weight = aux_loss_weight
+        self._aux_logits: Optional[torch.Tensor] = None  # of the last training forward
+        self.head = ConvClassifierHead(self.num_features, head_hidden_size, num_classes, global_pool, drop_rate)
         self.apply(_init_weights)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -498,15 +498,6 @@ class OverLoCK(nn.Module):
         if self.aux_head is not None:
             self.aux_head.reset(num_classes)
 
-    @torch.no_grad()
-    def reparameterize(self) -> 'OverLoCK':
-        """Merge every DilatedReparamBlock into one dw conv (the `*_reparam` layout), in place; eval mode only."""
-        if self.training:
-            raise RuntimeError('reparameterize() folds BatchNorm running statistics: call model.eval() first')
-        reparameterize(self)
-        self.deploy = True
-        return self
-
     def _base(self, x: torch.Tensor, upto: int = 3) -> List[torch.Tensor]:
         outs = []
         x = self.stem(x)
@@ -542,6 +533,9 @@ class OverLoCK(nn.Module):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Pyramid features: Base stages 0, 1 (/4, /8), Focus stage outputs cat[x, h] (/16, /32).
+
+        Not `_helpers.stage_intermediates`: the levels are not one stem + stages chain (the Focus-Net runs on the
+        Base-Net output, guided by the Overview-Net's).
 
         Args:
             x: (B, C, H, W). indices: None (all 4), n (last n) or a list (negatives allowed).
@@ -585,12 +579,20 @@ class OverLoCK(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+    @torch.jit.ignore
+    def training_losses(self, criterion: nn.Module, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Deep supervision of the last training forward: aux_loss_weight * criterion(aux logits, target)."""
+        if self.aux_head is None:
+            return {}
+        if self._aux_logits is None:
+            raise RuntimeError('training_losses() needs a training-mode forward first')
+        aux_logits, self._aux_logits = self._aux_logits, None  # read once: a kept graph would block deepcopy
+        return dict(deep_supervision=self.aux_loss_weight * criterion(aux_logits, target))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, ctx = self._forward(x)
-        logits = self.forward_head(feats)
-        if self.training and self.aux_head is not None:
-            return dict(main=logits, aux=self.aux_head(ctx))
-        return logits
+        self._aux_logits = self.aux_head(ctx) if self.training and self.aux_head is not None else None
+        return self.forward_head(feats)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -628,11 +630,7 @@ def checkpoint_filter_fn(state_dict: dict, model: OverLoCK) -> dict:
     The official classifiers are 1x1 convs: their weights are reshaped for our Linear layers. A model built
     without the aux head drops the checkpoint's `aux_head.*`; ours pass through.
     """
-    for wrapper in ('state_dict_ema', 'model', 'state_dict'):
-        if isinstance(state_dict.get(wrapper), dict):
-            state_dict = state_dict[wrapper]
-            break
-    state_dict = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    state_dict = unwrap_state_dict(state_dict, ema='prefer')
     if 'stem.0.weight' not in state_dict:
         state_dict = remap_state_dict(state_dict, _KEY_RULES)
     for key in ('head.fc.weight', 'aux_head.fc.weight'):
@@ -676,56 +674,55 @@ default_cfgs = generate_default_cfgs({
     'overlock_b_reparam.in1k': _cfg(url=f'{_URL}/overlock_b_in1k_224_reparam.pth', crop_pct=0.975),
 })
 
-# name: (embed_dims, depths, focus_depths, focus_num_heads); all: kernels (17, 15, 13, 7), mlp 4, focus mlp 3
-_VARIANTS = {
-    'xt': ((56, 112, 256, 336), (2, 2, 3, 2), (6, 2), (4, 6)),
-    't': ((64, 128, 256, 512), (4, 4, 6, 2), (12, 2), (4, 8)),
-    's': ((64, 128, 320, 512), (6, 6, 8, 3), (16, 3), (8, 16)),
-    'b': ((80, 160, 384, 576), (8, 8, 10, 4), (20, 4), (6, 9)),
-}
-
-
-def _model_args(size: str, deploy: bool = False) -> dict:
-    embed_dims, depths, focus_depths, heads = _VARIANTS[size]
-    return dict(embed_dims=embed_dims, depths=depths, focus_depths=focus_depths, focus_num_heads=heads,
-                deploy=deploy)
-
-
 @register_model
 def overlock_xt(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_xt', pretrained=pretrained, **dict(_model_args('xt'), **kwargs))
+    model_args = dict(embed_dims=(56, 112, 256, 336), depths=(2, 2, 3, 2), focus_depths=(6, 2), focus_num_heads=(4, 6))
+    return _create_overlock('overlock_xt', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_t(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_t', pretrained=pretrained, **dict(_model_args('t'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 256, 512), depths=(4, 4, 6, 2), focus_depths=(12, 2), focus_num_heads=(4, 8))
+    return _create_overlock('overlock_t', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_s(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_s', pretrained=pretrained, **dict(_model_args('s'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(6, 6, 8, 3),
+                      focus_depths=(16, 3), focus_num_heads=(8, 16))
+    return _create_overlock('overlock_s', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_b(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_b', pretrained=pretrained, **dict(_model_args('b'), **kwargs))
+    model_args = dict(embed_dims=(80, 160, 384, 576), depths=(8, 8, 10, 4),
+                      focus_depths=(20, 4), focus_num_heads=(6, 9))
+    return _create_overlock('overlock_b', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_xt_reparam(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_xt_reparam', pretrained=pretrained, **dict(_model_args('xt', True), **kwargs))
+    model_args = dict(embed_dims=(56, 112, 256, 336), depths=(2, 2, 3, 2),
+                      focus_depths=(6, 2), focus_num_heads=(4, 6), deploy=True)
+    return _create_overlock('overlock_xt_reparam', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_t_reparam(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_t_reparam', pretrained=pretrained, **dict(_model_args('t', True), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 256, 512), depths=(4, 4, 6, 2),
+                      focus_depths=(12, 2), focus_num_heads=(4, 8), deploy=True)
+    return _create_overlock('overlock_t_reparam', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_s_reparam(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_s_reparam', pretrained=pretrained, **dict(_model_args('s', True), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(6, 6, 8, 3),
+                      focus_depths=(16, 3), focus_num_heads=(8, 16), deploy=True)
+    return _create_overlock('overlock_s_reparam', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def overlock_b_reparam(pretrained: bool = False, **kwargs) -> OverLoCK:
-    return _create_overlock('overlock_b_reparam', pretrained=pretrained, **dict(_model_args('b', True), **kwargs))
+    model_args = dict(embed_dims=(80, 160, 384, 576), depths=(8, 8, 10, 4),
+                      focus_depths=(20, 4), focus_num_heads=(6, 9), deploy=True)
+    return _create_overlock('overlock_b_reparam', pretrained=pretrained, **dict(model_args, **kwargs))

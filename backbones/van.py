@@ -36,38 +36,22 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get_act_layer, trunc_normal_
-from timm.models._builder import build_model_with_cfg
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models._registry import generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
-from layers import LargeKernelAttention
+from layers import LargeKernelAttention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
-    unwrap_state_dict,
-)
+    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
 
 __all__ = ['VAN']
-
-# name: (embed_dims, depths); every variant uses mlp_ratios (8, 8, 4, 4)
-_VARIANTS = {
-    'van_b0': ((32, 64, 160, 256), (3, 3, 5, 2)),
-    'van_b1': ((64, 128, 320, 512), (2, 2, 4, 2)),
-    'van_b2': ((64, 128, 320, 512), (3, 3, 12, 3)),
-    'van_b3': ((64, 128, 320, 512), (3, 5, 27, 3)),
-    'van_b4': ((64, 128, 320, 512), (3, 6, 40, 3)),
-    'van_b5': ((96, 192, 480, 768), (3, 3, 24, 3)),
-    'van_b6': ((96, 192, 384, 768), (6, 6, 90, 6)),
-}
-
 
 class SpatialAttention(nn.Module):
     """proj_1 -> GELU -> LKA -> proj_2, plus a shortcut from its own input (before layer scale)."""
 
-    def __init__(self, dim: int, act_layer=nn.GELU, kernel_impl: Optional[str] = None):
+    def __init__(self, dim: int, act_layer=nn.GELU):
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
         self.act = act_layer()
-        self.lka = LargeKernelAttention(dim, kernel_size=5, dilated_kernel_size=7, dilation=3, kernel_impl=kernel_impl)
+        self.lka = LargeKernelAttention(dim, kernel_size=5, dilated_kernel_size=7, dilation=3)
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,11 +88,10 @@ class Block(nn.Module):
             drop_path: float = 0.,
             ls_init_value: float = 1e-2,
             act_layer=nn.GELU,
-            kernel_impl: Optional[str] = None,
     ):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim, act_layer=act_layer, kernel_impl=kernel_impl)
+        self.attn = SpatialAttention(dim, act_layer=act_layer)
         self.ls1 = LayerScale2d(dim, ls_init_value)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
@@ -149,13 +132,12 @@ class VANStage(nn.Module):
             ls_init_value: float,
             act_layer,
             norm_eps: float,
-            kernel_impl: Optional[str],
     ):
         super().__init__()
         self.grad_checkpointing = False
         self.downsample = OverlapPatchEmbed(in_chs, out_chs, kernel_size=7 if first else 3, stride=4 if first else 2)
         self.blocks = nn.Sequential(*[
-            Block(out_chs, mlp_ratio, proj_drop, drop_path[j], ls_init_value, act_layer, kernel_impl)
+            Block(out_chs, mlp_ratio, proj_drop, drop_path[j], ls_init_value, act_layer)
             for j in range(depth)])
         self.norm = LayerNorm2d(out_chs, eps=norm_eps)
 
@@ -220,14 +202,14 @@ class VAN(nn.Module):
             reduction *= 2
             stages.append(VANStage(
                 in_chs, dim, depth, first=i == 0, mlp_ratio=mlp_ratios[i], proj_drop=proj_drop_rate,
-                drop_path=dpr[i], ls_init_value=ls_init_value, act_layer=act_layer, norm_eps=norm_eps,
-                kernel_impl=kernel_impl))
+                drop_path=dpr[i], ls_init_value=ls_init_value, act_layer=act_layer, norm_eps=norm_eps))
             self.feature_info.append(dict(num_chs=dim, reduction=reduction, module=f'stages.{i}'))
             in_chs = dim
         self.stages = nn.Sequential(*stages)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
 
         named_apply(_init_weights, self)
+        set_module_kernel_impl(self, kernel_impl)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -365,41 +347,43 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _model_args(variant: str) -> dict:
-    embed_dims, depths = _VARIANTS[variant]
-    return dict(embed_dims=embed_dims, depths=depths, mlp_ratios=(8, 8, 4, 4))
-
-
 @register_model
 def van_b0(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b0', pretrained=pretrained, **dict(_model_args('van_b0'), **kwargs))
+    model_args = dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b0', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b1(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b1', pretrained=pretrained, **dict(_model_args('van_b1'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b1', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b2(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b2', pretrained=pretrained, **dict(_model_args('van_b2'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b2', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b3(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b3', pretrained=pretrained, **dict(_model_args('van_b3'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b3', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b4(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b4', pretrained=pretrained, **dict(_model_args('van_b4'), **kwargs))
+    model_args = dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b4', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b5(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b5', pretrained=pretrained, **dict(_model_args('van_b5'), **kwargs))
+    model_args = dict(embed_dims=(96, 192, 480, 768), depths=(3, 3, 24, 3), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b5', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def van_b6(pretrained: bool = False, **kwargs) -> VAN:
-    return _create_van('van_b6', pretrained=pretrained, **dict(_model_args('van_b6'), **kwargs))
+    model_args = dict(embed_dims=(96, 192, 384, 768), depths=(6, 6, 90, 6), mlp_ratios=(8, 8, 4, 4))
+    return _create_van('van_b6', pretrained=pretrained, **dict(model_args, **kwargs))

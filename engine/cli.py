@@ -27,13 +27,9 @@ def create_model_checked(model_name: str, checkpoint: Optional[str] = None, use_
         return timm.create_model(model_name, **kwargs)
     kwargs.pop('pretrained', None)
     obj = load_checkpoint_file(checkpoint)
-    if use_ema:
-        if obj.get('state_dict_ema') is None:
-            raise ValueError(f'--use-ema: checkpoint {checkpoint} holds no EMA weights (no state_dict_ema)')
-        state_dict = obj['state_dict_ema']
-    else:
-        state_dict = obj.get('state_dict', obj.get('model', obj))
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    if use_ema and not isinstance(obj.get('state_dict_ema'), dict):
+        raise ValueError(f'--use-ema: checkpoint {checkpoint} holds no EMA weights (no state_dict_ema)')
+    state_dict = backbones.unwrap_state_dict(obj, ema='require' if use_ema else 'skip')
 
     # Convert to our layout first, so the checkpoint's own class count is known: eval of a checkpoint trained
     # on 10 classes must keep its head, while an explicit num_classes=... re-initialises it for fine-tuning.

@@ -45,7 +45,7 @@ def train_one_epoch(
     """
     accum = args.grad_accum_steps
     model.train()
-    aux_loss = getattr(unwrap_model(model), 'aux_loss', None)
+    student = unwrap_model(model)  # the hooks of engine/hooks.py live on the model itself
     total_steps = start_step + len(loader)
     loss_sum, loss_count = torch.zeros((), device=device), 0
     progress = tqdm(total=total_steps, initial=start_step, desc=f'train {epoch}', disable=not args.is_primary,
@@ -64,9 +64,7 @@ def train_one_epoch(
             with sync:
                 with amp_autocast():
                     outputs = model(inputs)
-                    loss = loss_fn(inputs, outputs, target)
-                    if aux_loss is not None:  # a model's own training term, e.g. AS-ViT's FLOPs budget
-                        loss = loss + aux_loss()
+                    loss = loss_fn(inputs, outputs, target, student)
                 if not math.isfinite(loss.item()):
                     raise TrainingDivergedError(
                         f'training diverged at epoch {epoch}, step {step}: loss is {loss.item()}')

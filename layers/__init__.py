@@ -7,10 +7,10 @@ implementation), the modules built on them and the few helpers the models share.
 """
 from .config import (
     GLOBAL_IMPLS, KernelUnavailableError, NotPreferred, get_kernel_impl, kernel_impl, resolve_impl, set_kernel_impl,
-    usable_impls,
+    set_module_kernel_impl, usable_impls,
 )
 from .attention import softmax_attention
-from .conv_norm import ConvNorm, NormLinear, folded_bn, reparameterize
+from .conv_norm import ConvNorm, NormLinear, folded_bn
 from .deform_conv import DeformConv2dPack, DeformTokenMerge, deform_conv2d
 from .dynamic_conv import ContMix, contmix
 from .gpsa import GatedPositionalAttention, gated_positional_attention
@@ -32,7 +32,7 @@ from .token_prune import (
 __all__ = [
     # dispatcher API
     'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl', 'usable_impls',
+    'set_kernel_impl', 'set_module_kernel_impl', 'usable_impls',
     # operators
     'attention_with_cls_score', 'blocked_attention', 'contmix', 'deform_conv2d', 'dilated_dwconv2d',
     'fourier_kan_attention', 'gated_positional_attention', 'halo_attention', 'halo_attention_core', 'hilo_attention',
@@ -44,6 +44,6 @@ __all__ = [
     'LargeKernelAttention', 'LargeKernelPerception', 'LSConv', 'MultiRateAttention', 'NeighborhoodAttention2d',
     'NormLinear', 'RepConvNorm',
     # helpers the models share
-    'dependency_mask', 'folded_bn', 'gather_tokens', 'reparameterize', 'rope_2d', 'select_tokens_batch_topk',
+    'dependency_mask', 'folded_bn', 'gather_tokens', 'rope_2d', 'select_tokens_batch_topk',
     'select_tokens_per_image',
 ]

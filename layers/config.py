@@ -3,7 +3,9 @@
 Every operator has a `reference` implementation (plain PyTorch, the definition of its semantics) and
 one or more fast ones. Which one runs is decided, in order, by:
 
-1. the `impl=` argument of the operator call (or the `kernel_impl=` argument of the module/model);
+1. the `impl=` argument of the operator call, or the `kernel_impl` attribute of the operator module that makes the
+   call (its constructor argument; for a whole model, `timm.create_model(name, kernel_impl=...)` or
+   `set_module_kernel_impl(model, ...)`, which sets it on every operator module of the model);
 2. the process-wide setting: `set_kernel_impl()`, the `kernel_impl()` context manager, or the
    `ZOO_KERNEL_IMPL` environment variable read at import;
 3. `'auto'`: the first implementation, in the operator's priority order, that can run on the given
@@ -23,7 +25,7 @@ from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
     'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl', 'usable_impls',
+    'set_kernel_impl', 'set_module_kernel_impl', 'usable_impls',
 ]
 
 GLOBAL_IMPLS = ('auto', 'reference', 'flops')
@@ -75,6 +77,18 @@ def kernel_impl(name: str) -> Iterator[None]:
         yield
     finally:
         set_kernel_impl(previous)
+
+
+def set_module_kernel_impl(module: 'torch.nn.Module', impl: Optional[str]) -> 'torch.nn.Module':
+    """Set `kernel_impl = impl` on every operator module inside `module` (itself included); returns `module`.
+
+    An operator module is one with a `kernel_impl` attribute, which its forward passes as `impl=` to the operator
+    call. Model constructors call this once at the end instead of passing the choice through every block.
+    """
+    for sub in module.modules():
+        if hasattr(sub, 'kernel_impl'):
+            sub.kernel_impl = impl
+    return module
 
 
 def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flops_impl: str = 'reference',

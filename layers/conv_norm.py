@@ -1,8 +1,8 @@
 """Conv + BatchNorm and BatchNorm + Linear blocks that fold into one layer for deployment (reparameterization).
 
 `ConvNorm` is Conv2d (no bias) -> BatchNorm2d; `NormLinear` is BatchNorm1d -> Linear. Each has `fuse()`
-returning the single equivalent layer (eval-mode statistics folded in); `reparameterize(model)` replaces, in
-place and recursively, every child that has a `fuse()` by its fused form.
+returning the single equivalent layer (eval-mode statistics folded in); timm's `reparameterize_model(model)`
+replaces every child that has a `fuse()` by its fused form.
     conv:   W' = W * g / sqrt(var + eps),  b' = beta - mean * g / sqrt(var + eps)
     linear: W' = W * s[None, :],  b' = W (beta - mean * s) + b,  s = g / sqrt(var + eps)
 Fused layers keep the dtype and device of the originals.
@@ -12,11 +12,17 @@ from typing import Tuple
 import torch
 from torch import nn
 
-__all__ = ['ConvNorm', 'NormLinear', 'folded_bn', 'reparameterize']
+__all__ = ['ConvNorm', 'NormLinear', 'folded_bn']
 
 
 def folded_bn(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The eval-mode BatchNorm as an affine map: (scale, shift), bn(x) = scale * x + shift per channel."""
+    """The eval-mode BatchNorm as an affine map: (scale, shift), bn(x) = scale * x + shift per channel.
+
+    Raises in training mode: folding uses the running statistics, which a training-mode BatchNorm does not apply.
+    """
+    if bn.training:
+        raise RuntimeError('folding a BatchNorm uses its running statistics: call model.eval() before '
+                           'reparameterize_model/fuse()')
     scale = bn.weight / (bn.running_var + bn.eps).sqrt()
     return scale, bn.bias - bn.running_mean * scale
 
@@ -68,13 +74,3 @@ class NormLinear(nn.Module):
         fused.bias.copy_(fc.weight @ shift + fc.bias)
         return fused
 
-
-@torch.no_grad()
-def reparameterize(module: nn.Module) -> nn.Module:
-    """Replace, recursively and in place, every child with a `fuse()` by its fused layer; returns `module`."""
-    for name, child in module.named_children():
-        if hasattr(child, 'fuse'):
-            setattr(module, name, child.fuse())
-        else:
-            reparameterize(child)
-    return module

@@ -245,9 +245,9 @@ class DeformTokenMerge(nn.Module):
     official dense-prediction backbone. Input and output are (B, C, H, W).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_impl: Optional[str] = None):
+    def __init__(self, in_chs: int, out_chs: int):
         super().__init__()
-        self.conv = DeformConv2dPack(in_chs, out_chs, 2, stride=2, padding=0, kernel_impl=kernel_impl)
+        self.conv = DeformConv2dPack(in_chs, out_chs, 2, stride=2, padding=0)
         self.norm = nn.BatchNorm2d(out_chs)
         self.act = nn.GELU()
 

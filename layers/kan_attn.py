@@ -240,7 +240,7 @@ class KArAtAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, num_tokens: int, rank: int = 12, grid_size: int = 3,
                  base_act: str = 'zero', shared: bool = False, qkv_bias: bool = True, attn_drop: float = 0.,
-                 proj_drop: float = 0., kernel_impl: Optional[str] = None):
+                 proj_drop: float = 0.):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
@@ -248,7 +248,7 @@ class KArAtAttention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.attn_drop_p = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.act = None if shared else FourierKArAt(num_heads, num_tokens, rank, grid_size, base_act, kernel_impl)
+        self.act = None if shared else FourierKArAt(num_heads, num_tokens, rank, grid_size, base_act)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 

@@ -21,7 +21,7 @@ Both are differentiable with respect to x and every branch weight and bias.
 
 `RepConvNorm` owns the branches: in training mode it runs them as Conv-BN modules (batch statistics per branch),
 in eval mode it folds the BatchNorms and calls `rep_conv2d`; `fuse()` returns the single deploy-time
-`nn.Conv2d`, which `layers.reparameterize(model)` substitutes in place.
+`nn.Conv2d`, which timm's `reparameterize_model(model)` substitutes.
 """
 import math
 from functools import reduce

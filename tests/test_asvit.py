@@ -1,4 +1,5 @@
 """AS-ViT specifics: batch independence, the official batched rule, training masks and budget loss, DeiT parity."""
+import copy
 import json
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def test_training_masks_budget_loss_and_threshold_gradients(official_state_dict)
     x = _batch(3)
     out = model(x)
     assert out.shape == (3, 1000)
-    budget = model.aux_loss()
+    budget = model.training_losses(torch.nn.CrossEntropyLoss(), None)['flops_budget']
     dense = model.dense_flops()
     # official analytic count: patch embed 196*192*3*16*16, per block 4*C^2*n + 2*C*n^2 + 2*C*4C*n with n=196
     assert dense == pytest.approx((196 * 192 * 3 * 256 + 12 * (4 * 192 ** 2 * 196 + 2 * 192 * 196 ** 2
@@ -175,19 +176,34 @@ def test_lvvit_aux_head_and_batch_independence():
 
 
 def test_lvvit_token_distillation_adds_the_kept_token_kl():
+    """CE + budget + alpha * (KL(class) + KL(kept tokens)), as the official LV-ViT loss, through the hook protocol."""
+    import torch.nn.functional as F
     from engine.losses import DistillationLoss
     student = _lvvit_with_thresholds().train()
     teacher = _lvvit_with_thresholds(prune_mode='none').eval()
     student.set_distilled_training(True)
     x, y = torch.randn(2, 3, 224, 224), torch.tensor([3, 7])
     outputs = student(x)
-    assert len(outputs) == 4 and outputs[2].shape == (2, 196, 1000) and outputs[3].shape == (2, 196)
-    loss_fn = DistillationLoss(torch.nn.CrossEntropyLoss(), teacher, 'soft', alpha=0.5, weighting='add')
-    with_tokens = loss_fn(x, outputs, y)
-    cls_only = loss_fn(x, outputs[:2], y)
-    assert torch.isfinite(with_tokens) and with_tokens > cls_only
-    (with_tokens + student.aux_loss()).backward()
+    assert torch.is_tensor(outputs) and outputs.shape == (2, 1000)
+    assert student.distill_targets == ('token_logits',) and student._train_keep.shape == (2, 196)
+    ce = torch.nn.CrossEntropyLoss()
+    with torch.no_grad():
+        targets = teacher.forward_distill_targets(x)
+    kl = F.kl_div(F.log_softmax(outputs, 1), F.log_softmax(targets['logits'], 1), reduction='batchmean',
+                  log_target=True)
+    kept = student._train_keep.reshape(-1) > 0.5
+    assert 0 < kept.sum() < kept.numel()
+    token_kl = F.kl_div(F.log_softmax(student._train_token_logits.reshape(-1, 1000)[kept], -1),
+                        F.log_softmax(targets['token_logits'].reshape(-1, 1000)[kept], -1), reduction='batchmean',
+                        log_target=True)
+    budget = student.budget_weight * student._budget_loss
+    loss = DistillationLoss(ce, teacher, 'soft', alpha=0.5, weighting='add')(x, outputs, y, student)
+    torch.testing.assert_close(loss, ce(outputs, y) + (kl + token_kl) * 0.5 + budget, rtol=0, atol=0)
+    copy.deepcopy(student)  # the hooks handed their terms out: no graph stays on the model
+    loss.backward()
     assert student.token_pruners[1].keep_threshold.grad is not None
+    with pytest.raises(ValueError, match='forward_distill_targets'):  # a teacher that cannot give token logits
+        DistillationLoss(ce, timm.create_model('deit_tiny_patch16_224'), 'soft')(x, student(x), y, student)
 
 
 def test_calibrate_thresholds_hits_the_keep_ratios():

@@ -1,12 +1,11 @@
 """FMViT (reconstruction) specifics: re-parameterized branches and deploy form, multi-rate attention by hand,
 block composition, sizing against the published operating points, checkpoints."""
-import copy
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from timm.utils.model import reparameterize_model
+from timm.utils import reparameterize_model
 
 import layers
 from backbones._helpers import CheckpointMismatchError
@@ -134,24 +133,22 @@ def test_fuse_gives_the_same_logits(name):
     x = torch.randn(2, 3, 97, 131, dtype=torch.float64)
     with torch.no_grad():
         expected = model(x)
-        fused = copy.deepcopy(model).fuse()
+        fused = reparameterize_model(model)
         names = {type(m).__name__ for m in fused.modules()}
         assert not names & {'ConvNorm', 'RepConvNorm', 'MultiGroupMlp'}, names
         # what stays: the final norm and the mixing blocks' pre-norms (before a 3x3 conv and a pooling)
         norms = [n for n, m in fused.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert all(n == 'norm' or n.endswith('.norm') for n in norms), norms
         torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-9 * expected.abs().max().item())
-        timm_fused = reparameterize_model(model)
-        torch.testing.assert_close(timm_fused(x), expected, rtol=0, atol=1e-9 * expected.abs().max().item())
     with pytest.raises(RuntimeError, match='eval'):
-        timm.create_model(name).train().fuse()
+        reparameterize_model(timm.create_model(name).train())
 
 
 @pytest.mark.parametrize('name,reference', [
     ('fmvit_t', 'mobileone_s1'), pytest.param('fmvit_b', 'resnet101', marks=pytest.mark.slow)])
 def test_deploy_form_is_sized_to_the_published_operating_point(name, reference):
     """The abstract's two operating points (A5 in backbones/fmvit.py): deployed params and MACs within 3%."""
-    ours = timm.create_model(name).eval().fuse()
+    ours = reparameterize_model(timm.create_model(name).eval())
     theirs = reparameterize_model(timm.create_model(reference).eval())
     for count in (count_params, lambda m: count_flops(m, (3, 224, 224))['macs']):
         assert abs(count(ours) / count(theirs) - 1) < 0.03
@@ -166,6 +163,6 @@ def test_checkpoint_round_trip_and_deploy_form_error(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
-    torch.save(copy.deepcopy(model).fuse().state_dict(), path)
+    torch.save(reparameterize_model(model).state_dict(), path)
     with pytest.raises(CheckpointMismatchError, match='deploy form'):
         timm.create_model('fmvit_t', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))

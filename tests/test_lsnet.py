@@ -6,6 +6,8 @@ import pytest
 import timm
 import torch
 
+from timm.utils import reparameterize_model
+
 from detweights import build_state_dict, fixture_input
 
 FIXTURE = json.loads((Path(__file__).parent / 'fixtures' / 'lsnet_lsnet_t.json').read_text())
@@ -22,7 +24,7 @@ def _expected():
 
 def test_fused_model_gives_the_same_logits(official_state_dict):
     model = timm.create_model('lsnet_t', pretrained=True, pretrained_cfg_overlay=dict(state_dict=official_state_dict))
-    model = model.double().eval().fuse()
+    model = reparameterize_model(model.double().eval())
     # only LS convolution's BN after SKA stays (the official fusion leaves it too)
     remaining = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d))]
     assert remaining and all(n.endswith('.mixer.bn') for n in remaining), remaining
@@ -32,7 +34,7 @@ def test_fused_model_gives_the_same_logits(official_state_dict):
     with torch.no_grad():
         assert (model(x) - _expected()).abs().max() < 1e-9
     with pytest.raises(RuntimeError, match='eval'):
-        timm.create_model('lsnet_t').train().fuse()
+        reparameterize_model(timm.create_model('lsnet_t').train())
 
 
 def test_weights_loaded_after_eval_are_used(official_state_dict):

@@ -2,6 +2,10 @@
 import pytest
 import timm
 import torch
+from torch import nn
+
+import layers
+from engine.hooks import set_distilled_training, training_losses
 
 from conftest import ALL_MODELS, CI_MODELS, ceil_div, input_size_for, meta_param_count, model_params
 from official_params import OFFICIAL_PARAMS
@@ -46,12 +50,14 @@ def test_model_backward_and_grad_checkpointing(name):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)
         out = model(x)
-        # deep supervision (OverLoCK): training returns a dict of logits, every entry enters the loss
-        (sum(o.mean() for o in out.values()) if isinstance(out, dict) else out.mean()).backward()
+        # the model's own training terms (engine/hooks.py: OverLoCK's aux head, AS-ViT's budget) enter the loss
+        loss = out.mean() + sum(t for t in training_losses(model, nn.CrossEntropyLoss(), target).values())
+        loss.backward()
         return out, {n: p.grad for n, p in model.named_parameters()}
 
+    target = torch.tensor([0, 41])
     out, ref_grads = grads()
-    assert all(o.shape[-1] == 42 for o in (out.values() if isinstance(out, dict) else [out]))
+    assert out.shape == (2, 42)
     missing = [n for n, g in ref_grads.items() if g is None]
     assert not missing, f'parameters without gradient: {missing}'
     model.set_grad_checkpointing(True)
@@ -59,6 +65,23 @@ def test_model_backward_and_grad_checkpointing(name):
     torch.testing.assert_close(out_ckpt, out, rtol=1e-5, atol=1e-6)
     for n in ref_grads:
         torch.testing.assert_close(ckpt_grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f'grad of {n}')
+
+
+@pytest.mark.parametrize('distilled', [False, True], ids=['plain', 'distilled'])
+@pytest.mark.parametrize('name', model_params())
+def test_model_train_forward_keeps_timms_contract(name, distilled):
+    """timm's own train-mode test: logits, or a tuple of same-shaped logits (distilled training), backpropagate."""
+    model = _create(name).train()
+    if distilled:
+        set_distilled_training(model)
+    c, h, w = input_size_for(model, BWD_SIZE)
+    outputs = model(torch.randn(2, c, h, w))
+    assert isinstance(outputs, (torch.Tensor, tuple)), f'train-mode forward returned a {type(outputs).__name__}'
+    if isinstance(outputs, tuple):
+        assert distilled and all(o.shape == (2, model.num_classes) for o in outputs)
+        outputs = torch.cat(outputs)
+    assert outputs.shape[-1] == model.num_classes
+    outputs.mean().backward()
 
 
 @pytest.mark.parametrize('name', model_params())
@@ -171,3 +194,22 @@ def test_model_torch_compile(name):
         expected = model(x)
         compiled = torch.compile(model, dynamic=False)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', sorted(CI_MODELS))
+def test_model_kernel_impl_reaches_every_operator(name):
+    """create_model(..., kernel_impl=) sets every operator module's choice (layers.set_module_kernel_impl), and the
+    model then computes what the process-wide setting computes."""
+    model = _create(name, kernel_impl='reference').eval()
+    chosen = {n: m.kernel_impl for n, m in model.named_modules() if hasattr(m, 'kernel_impl')}
+    assert chosen, f'{name} has no operator module with a kernel_impl attribute'
+    assert set(chosen.values()) == {'reference'}, {n: v for n, v in chosen.items() if v != 'reference'}
+    default = _create(name).eval()
+    default.load_state_dict(model.state_dict())
+    assert {m.kernel_impl for m in default.modules() if hasattr(m, 'kernel_impl')} == {None}
+    x = torch.randn(2, *input_size_for(model, FEAT_SIZE))
+    with torch.no_grad():
+        ours = model(x)
+        with layers.kernel_impl('reference'):
+            expected = default(x)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)

@@ -1,5 +1,6 @@
 """OverLoCK specifics: neighbourhood attention against a brute-force definition, ContMix's MACs by hand, the train <->
 deploy conversion, the deep-supervision (aux) output, and checkpoint wrappers."""
+import copy
 import json
 import math
 from pathlib import Path
@@ -9,6 +10,8 @@ import timm
 import torch
 
 from engine.losses import DistillationLoss
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.utils import reparameterize_model
 from detweights import build_state_dict, fixture_input
 from layers import ContMix, kernel_impl, na2d, na2d_av
 from layers.flops import flop_count
@@ -140,7 +143,8 @@ def _load(name, state_dict, **kwargs):
 
 
 def test_aux_logits_and_train_to_deploy_conversion(official_state_dict):
-    """The aux head reproduces the fixture's aux_logits; reparameterize() gives the *_reparam layout, same outputs."""
+    """The aux head reproduces the fixture's aux_logits; timm's reparameterize_model gives the *_reparam layout,
+    same outputs."""
     model = _load('overlock_xt', official_state_dict).double().eval()
     x = fixture_input(FIXTURE['input']['seed'], FIXTURE['input']['shape'])
     with torch.no_grad():
@@ -152,9 +156,9 @@ def test_aux_logits_and_train_to_deploy_conversion(official_state_dict):
     small = torch.randn(2, 3, 96, 128, dtype=torch.float64)  # also takes ContMix's resize path
     with torch.no_grad():
         before = model(small)
-        model.reparameterize()
+        model = reparameterize_model(model)
         after = model(small)
-    assert model.deploy and not any(n.endswith(('origin_bn.weight', 'k5_1.weight')) for n in model.state_dict())
+    assert not any(n.endswith(('origin_bn.weight', 'k5_1.weight')) for n in model.state_dict())
     torch.testing.assert_close(after, before, rtol=0, atol=1e-9 * before.abs().max().item())
     deploy = timm.create_model('overlock_xt_reparam').double().eval()
     deploy.load_state_dict(model.state_dict())  # strict: the converted model has exactly the deploy layout
@@ -163,17 +167,36 @@ def test_aux_logits_and_train_to_deploy_conversion(official_state_dict):
     # and the deploy model loads the converted state through the official-checkpoint path too
     assert sum(p.numel() for p in deploy.parameters()) == 16_791_384
     with pytest.raises(RuntimeError, match='eval'):
-        timm.create_model('overlock_xt_reparam').train().reparameterize()
+        reparameterize_model(timm.create_model('overlock_xt').train())
 
 
-def test_training_returns_main_and_aux_logits_and_the_loss_uses_both():
+@pytest.mark.parametrize('criterion', [torch.nn.CrossEntropyLoss(), LabelSmoothingCrossEntropy(0.1)])
+def test_training_returns_logits_and_the_loss_adds_the_aux_head(criterion):
+    """timm's contract in training (one logits tensor) and the official loss CE(main) + 0.4 CE(aux), through the
+    hook protocol, with and without distillation."""
     model = timm.create_model('overlock_xt_reparam', num_classes=7).train()
     x, target = torch.randn(2, 3, 64, 64), torch.tensor([1, 5])
+    torch.manual_seed(0)
     out = model(x)
-    assert set(out) == {'main', 'aux'} and out['main'].shape == out['aux'].shape == (2, 7)
-    ce = torch.nn.CrossEntropyLoss()
-    loss = DistillationLoss(ce, None, aux_ratio=0.4)(x, out, target)
-    torch.testing.assert_close(loss, ce(out['main'], target) + 0.4 * ce(out['aux'], target))
+    assert torch.is_tensor(out) and out.shape == (2, 7)
+    torch.manual_seed(0)
+    feats, ctx = model._forward(x)
+    main, aux = model.forward_head(feats), model.aux_head(ctx)
+    torch.testing.assert_close(out, main, rtol=0, atol=0)
+    loss = DistillationLoss(criterion, None)(x, out, target, model)
+    torch.testing.assert_close(loss, criterion(main, target) + 0.4 * criterion(aux, target), rtol=0, atol=0)
+    copy.deepcopy(model)  # the aux logits were handed out once: no graph stays on the model
+    with pytest.raises(RuntimeError, match='training-mode forward'):
+        model.training_losses(criterion, target)
+    teacher = timm.create_model('overlock_xt_reparam', num_classes=7).eval()
+    with torch.no_grad():
+        teacher_logits = teacher(x)
+    torch.manual_seed(0)
+    out = model(x)
+    distill = DistillationLoss(criterion, teacher, 'hard', alpha=0.5)(x, out, target, model)
+    expected = criterion(main, target) * 0.5 + torch.nn.functional.cross_entropy(
+        main, teacher_logits.argmax(1)) * 0.5 + 0.4 * criterion(aux, target)
+    torch.testing.assert_close(distill, expected, rtol=0, atol=0)
     model.eval()
     with torch.no_grad():
         assert model(x).shape == (2, 7)
