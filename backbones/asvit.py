@@ -1,4 +1,4 @@
-"""Adaptive Sparse ViT (AS-ViT): learnable adaptive token pruning on DeiT.
+"""Adaptive Sparse ViT (AS-ViT): learnable adaptive token pruning on DeiT and LV-ViT.
 
 Paper: X. Liu, T. Wu, G. Guo, "Adaptive Sparse ViT: Towards Learnable Adaptive Token Pruning by Fully
 Exploiting Self-Attention", IJCAI 2023, https://arxiv.org/abs/2209.13802
@@ -11,54 +11,40 @@ Exploiting Self-Attention", IJCAI 2023, https://arxiv.org/abs/2209.13802
     }
 
 Official code: https://github.com/Cydia2018/AS-ViT, matched at commit ea7ccdbca85bd0e41db1e818ad8c28b870125234
-(vit.py: VisionTransformerDiffPruning; losses.py: DistillDiffPruningFLOPsLoss). The repository has no licence
-file and releases no AS-ViT weights; fine-tuning starts from the DeiT checkpoints.
+(vit.py: VisionTransformerDiffPruning; losses.py: DistillDiffPruningFLOPsLoss). No licence file; no AS-ViT weights
+are released (fine-tuning starts from the DeiT / TokenLabeling checkpoints).
 
-Structure: a plain DeiT (16x16 patch embedding, class token, learned position embedding, pre-norm blocks,
-final LayerNorm, head on the class token). Every block's attention also yields a score per patch token: its
-class-token attention weighted by token-level head importance (`layers.token_prune`). Before the pruning blocks
-(4, 7, 10 for DeiT-Tiny/Small; 3, 6, 9 for the 256-wide DeiT) the score of the previous block is compared
-with a learnable scalar threshold per stage:
+Structure: a plain DeiT (or LV-ViT) whose every attention also yields a score per patch token: its class-token
+attention weighted by token-level head importance (`layers.token_prune`). Before the pruning blocks (4, 7, 10 for
+DeiT-Tiny/Small; 3, 6, 9 for the 256-wide DeiT) the score of the previous block is compared with a learnable scalar
+threshold per stage:
 - eval: tokens with score > threshold are removed for good (pruning is cumulative);
 - training: nothing is removed; a straight-through hard mask hard(sigmoid((s - thr) / 1e-4)) enters every
-  following attention as a key mask (AS-ViT's eps-smoothed masked softmax), and each block reports its FLOPs
-  for the kept-token count, so the budget loss |mean FLOPs - keep_ratio x dense FLOPs| trains the thresholds.
+  following attention as a key mask, and each block reports its FLOPs for the kept-token count, so the budget loss
+  |mean FLOPs - keep_ratio x dense FLOPs| trains the thresholds.
+Eval pruning modes (`prune_mode`): 'per_image' (default; the official batch-size-1 result at any batch size, the
+padding of images that keep fewer tokens masked out of attention), 'batch_topk' (the official batched rule, whose
+logits depend on the batch), 'none' (plain DeiT).
 
-Eval pruning modes (`prune_mode`):
-- 'per_image' (default): each image keeps its own tokens (score > threshold, original order), exactly the
-  official batch-size-1 result, for any batch: images keeping fewer tokens are padded and their padding is
-  masked out of attention, so an image's logits never depend on the rest of its batch.
-- 'batch_topk': the official batched rule (k = floor(#(s > thr) over the batch / B) tokens per image, the
-  top-k by score, re-ordered by score); reproduces the official batched logits.
-- 'none': no pruning (plain DeiT), to measure what pruning gains.
+Measurements, the pruning-gain investigation and their commands: docs/asvit.md.
 
-Deviations and assumptions:
-- The pruning score always comes from the block just before a pruning block (the official `target_index`
-  2..11 gives the same for every published variant); the `accu`/`ema_accu` options (off in the released
-  recipes) are not implemented.
-- The official B == 1 path crashes when one or no token survives a stage; ours keeps working (a stage may
-  keep zero patch tokens).
-- Training returns plain logits (the timm contract); the budget term of the last training forward is
-  `training_losses()` (engine/hooks.py), which train.py adds to the loss. The distillation term is train.py's soft
-  distillation in additive mode (`distill_weighting: add`), as losses.py computes it: CE + 2.0 * budget + 0.5 *
-  KL(student || teacher). With distilled training an LV-ViT keeps its aux head's token logits and asks the teacher
-  (an AS-ViT LV-ViT) for its token logits (`distill_targets`, `forward_distill_targets`); `distill_losses()` adds
-  the KL over the kept tokens to the distillation term, as the official LV-ViT loss.
-- The official DeiT training path returns an undefined `flops_1stage` tuple and cannot run as released; the
-  budget loss here follows losses.py, which that path was meant to feed.
-- Features (`features_only`, `forward_intermediates`) are per block on the 14x14 grid: a pruned token keeps
-  the value it had when it was pruned (it is no longer updated), kept tokens are scattered back to their
-  positions.
-- The input size is fixed by the position embedding (a clear error names it); build the model with another
-  `img_size` and checkpoints are resampled on load.
-- FLOPs: dense (prune_mode='none') fvcore counts are DeiT-Ti/S 1.258/4.608 GMACs (published 1.3/4.6) and
-  LV-ViT-S 6.569 (published 6.6). LV-ViT-M counts 12.70 GMACs although TokenLabeling lists 16.0G for it; our
-  parameter count equals the official constructor's (55,830,547), so the structure is the official one and
-  the gap is in the published figure's counting, which we could not check here. Pruned FLOPs depend on the
-  input and the thresholds: `benchmark.py --real-images --calibrate` counts them at the paper's keep ratios.
-- LV-ViT: the auxiliary head's max runs over the tokens still alive at the end; an image that kept no patch
-  token uses its class token there (the official code crashes). MixToken and token labels (TokenLabeling's
-  pre-training) are not part of AS-ViT's fine-tuning forward and are not implemented.
+Deviations:
+- The pruning score always comes from the block just before a pruning block (the official `target_index` gives
+  the same for every published variant); the `accu`/`ema_accu` options (off in the released recipes) are not
+  implemented.
+- The official batch-size-1 path crashes when one or no token survives a stage; ours keeps working (a stage may
+  keep zero patch tokens; LV-ViT's auxiliary head then uses the class token).
+- Training returns plain logits (the timm contract); the budget term of the last training forward comes from
+  `training_losses()` (the hook protocol, engine/hooks.py), which train.py adds. With distilled training an LV-ViT
+  also hands its kept tokens' logits to the token-level KL (`distill_targets`, `distill_losses`). The distillation term is train.py's soft distillation in additive mode (`distill_weighting: add`), as losses.py
+  computes it: CE + 2.0 * budget + 0.5 * KL(student || teacher). The official DeiT training path returns an
+  undefined `flops_1stage` and cannot run as released; the budget loss follows losses.py.
+- Features (`features_only`, `forward_intermediates`) are per block on the 14x14 grid: a pruned token keeps the
+  value it had when it was pruned, kept tokens are scattered back to their positions.
+- The input size is fixed by the position embedding (a clear error names it); build with another `img_size` and
+  checkpoints are resampled on load.
+- MixToken and token labels (TokenLabeling's pre-training) are not part of AS-ViT's fine-tuning forward and are
+  not implemented.
 """
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union

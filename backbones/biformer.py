@@ -22,26 +22,26 @@ where attn is bi-level routing attention (layers.routing_attn: 7 x 7 regions, to
 with 8 heads, no qkv bias, and a depthwise 5x5 conv of the attention *input* added before the output projection.
 The head is a final BatchNorm, a global average and a Linear layer. BiFormer-STL (the paper's ablation model in the
 Swin-T layout) uses a 4x4/s4 patch stem + BatchNorm, BatchNorm + 2x2/s2 conv downsampling, no position-embedding
-conv, MLP ratio 4.
+conv, MLP ratio 4. `biformer_stl_nchw` is the official NCHW refactor (ops/bra_nchw.py, models/biformer_stl_nchw.py):
+`bra_mode='nchw'` (regions of floor(H / 7) tokens, zero-padding after the projection, unscaled routing) and
+`global_lepe_on='v'`.
 
-Deviations from the official code (none changes the function at the sizes the official models accept):
+Measurements, the routing-kernel investigation and their commands: docs/biformer.md.
+
+Deviations (none changes the function at the sizes the official models accept):
 - Modules are renamed to timm's layout (`stem`, `stages.i.downsample/blocks`, `attn.proj`, `mlp.fc1/fc2`,
-  `head.fc`); `checkpoint_filter_fn` maps the official keys.
+  `head.fc`); `checkpoint_filter_fn` maps the official keys. STL-nchw's 1x1 convs are our Linear layers (the filter
+  flattens the weights) and its LayerNorm2d our channels-last LayerNorm.
 - `auto_pad=True` by default: maps not divisible by the 7 x 7 region grid are zero-padded before the qkv projection,
   exactly as the official BRA does with `auto_pad=True` (its detection/segmentation setting). The official
-  classification constructors leave it off and assert divisibility (input sizes that are multiples of 112 for
-  T/S/B); at those sizes padding is a no-op, so the outputs are identical. `auto_pad=False` restores the
-  restriction (as a ValueError).
+  classification constructors leave it off and assert divisibility; at those sizes padding is a no-op.
+  `auto_pad=False` restores the restriction (as a ValueError). STL-nchw, like the official model, accepts any input
+  whose stage-3 map is at least 7 x 7 (inputs of 112 and up).
 - The routing-attention core runs through `layers.routed_attention` (fast `masked`/`sdpa` paths by default, same
   selected regions and the same result as the official gather); stage 4 through `layers.softmax_attention`.
 - The blocks keep activations in channels_last memory, so the NCHW <-> NHWC permutes of the official block are free.
 - `drop_rate` is dropout before the classifier (the official models accept and ignore it; default 0). The official
   `reset_classifier` bug (Linear over a list of widths) is not reproduced.
-- `biformer_stl_nchw` (the refactored NCHW operator, ops/bra_nchw.py + models/biformer_stl_nchw.py) is the same
-  network with `bra_mode='nchw'` (regions of floor(H / 7) tokens, zero-padding after the projection, unscaled
-  routing) and `global_lepe_on='v'`; its 1x1 convs are our Linear layers (the filter flattens the weights) and its
-  LayerNorm2d our channels-last LayerNorm. Like the official model it accepts any input whose stage-3 map is at
-  least 7 x 7 (inputs of 112 and up).
 - Not registered: the token-labelling S*/B* models (no released code or weights) and `maxvit_stl` (an ablation
   baseline, not a BiFormer, no weights).
 """

@@ -1,11 +1,11 @@
-"""ConViT: Vision Transformers with soft convolutional inductive biases (gated positional self-attention).
+r"""ConViT: Vision Transformers with soft convolutional inductive biases (gated positional self-attention).
 
 Paper: S. d'Ascoli, H. Touvron, M. Leavitt, A. Morcos, G. Biroli, L. Sagun, "ConViT: Improving Vision
 Transformers with Soft Convolutional Inductive Biases", ICML 2021, https://arxiv.org/abs/2103.10697
 
     @inproceedings{dascoli2021convit,
       title={ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases},
-      author={d'Ascoli, St{\\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio
+      author={d'Ascoli, St{\'e}phane and Touvron, Hugo and Leavitt, Matthew and Morcos, Ari and Biroli, Giulio
               and Sagun, Levent},
       booktitle={ICML},
       year={2021}
@@ -17,18 +17,18 @@ Official code: https://github.com/facebookresearch/convit, matched at commit
 Structure: a DeiT whose first 10 blocks use gated positional self-attention (`layers.gpsa`) over the 196 patch
 tokens (learned absolute position embedding, no class token), then the class token is inserted and 2 plain
 MHSA blocks follow; final LayerNorm, head on the class token. Widths are 48 per head (Ti/S/B: 4/9/16 heads)
-and 64 per head for the "+" variants (the paper's Ti+/S+/B+, built by the same constructors).
+and 64 per head for the "+" variants (the paper's Ti+/S+/B+, built by the same constructors). Names carry the
+`zoo_` prefix (timm ships `convit_*`); the state-dict layout is the official one (= timm's).
 
-Naming: timm ships `convit_tiny/small/base`; ours are `zoo_convit_*` so that importing `backbones` never
-replaces timm's registrations. The state-dict layout is the official one (= timm's): checkpoints of either load.
+Measurements and their commands: docs/convit.md.
 
-Deviations: none in function. The GPSA core runs through `layers.gated_positional_attention` (fused SDPA for
-content attention by default; the reference keeps the official renormalisation). The relative-offset table is
-recomputed per grid size and dtype (the official cached attribute breaks float64/half). The input size is
-fixed by the position embedding (a clear error names it); build with another `img_size` and checkpoints'
-position embeddings are resampled on load. FLOPs: fvcore counts Ti 1.26, S 5.76, B 17.52 GMACs (equal to the
-official model); the paper's table gives 1/5.4/17G, rounded, and S is 6.6% below our count (the official code
-counts 5.76 too).
+Deviations (none changes the function):
+- The GPSA core runs through `layers.gated_positional_attention` (fused SDPA for content attention by default;
+  the reference keeps the official renormalisation).
+- The relative-offset table is recomputed per grid size and dtype (the official cached attribute breaks
+  float64/half).
+- The input size is fixed by the position embedding (a clear error names it); build with another `img_size` and
+  checkpoints' position embeddings are resampled on load.
 """
 from typing import List, Optional, Tuple, Union
 

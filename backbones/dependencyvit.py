@@ -11,11 +11,10 @@ Transformers: Dependency Tree Emerges from Reversed Attention", CVPR 2023, https
       year={2023}
     }
 
-Official repo: https://github.com/dingmyu/DependencyViT (MIT). Its only commit (3dcf35910bfc9f013f752a09aa99b56f21e2ee78)
-holds a LICENSE and nothing else: there is no official code and no weights, hence no fixture. This file is written
-from the paper's public material (abstract, Fig. 2 caption) and the structure documented in
-../shared/design/dependencyvit.md (which also records what the unofficial timm PR #2062 chose); it is not checked
-against any official output.
+Official repo: https://github.com/dingmyu/DependencyViT (MIT). Its only commit
+(3dcf35910bfc9f013f752a09aa99b56f21e2ee78) holds a LICENSE and nothing else: there is no official code and no
+weights, hence no fixture. This file is written from the paper's public material (abstract, Fig. 2 caption) and the
+configuration of the unofficial timm PR #2062; it is not checked against any official output.
 
 Structure (isometric, patch 16, no class token):
 - patch embedding (16x16 conv) + learned absolute position embedding, 12 pre-norm blocks, final LayerNorm;
@@ -25,15 +24,23 @@ Structure (isometric, patch 16, no class token):
   M_l = M_{l-1} * sigmoid(MLP(x)) (M_0 = 1): A_R[h, p, c] = A_F[h, c, p] P[c, h] M_l[c], out = A_R v;
   sum_h A_R is the soft dependency mask, its column c the parent weights of child c;
 - head: final LayerNorm, tokens multiplied by the final M, mean over tokens, linear classifier;
-- Lite (`prune_layers`): after the attention sub-block of the listed blocks the tokens receiving the least message
-  mass (sum_h sum_c A_R[h, p, c]: leaves) are dropped, with their M; the i-th pruning keeps
+- Lite (`prune_layers`): after the attention sub-block of the listed blocks the tokens that *receive* the least
+  message mass (sum_h sum_c A_R[h, p, c]) are dropped, with their M; the i-th pruning keeps
   floor((1 - i r) / (1 - (i - 1) r) * N) of the N current tokens, r = `prune_ratio` (196 -> 164 -> 132 -> 100 -> 69
   at 224x224 with r = 0.16). Pruning is a top-k with a fixed count, active in training and eval.
 - `dependency_tree(x)` returns the parent of every token at every layer (argmax of its mask column).
 
-Assumptions (design note section 10; none verified against the authors, the paper's tables were not available):
+Which tokens Lite prunes: the abstract prunes "the leaf nodes which rarely send messages". We read "leaf" in the tree
+sense: a token no other token chooses as parent, i.e. one that receives (almost) no messages, so the score is the
+received mass (as the unofficial PR). The literal alternative, the mass a token sends, is exactly its message
+controller M[c] (the head selector sums to one), and would prune tokens that may still be parents of others.
+Neither reading is confirmed by the authors; docs/dependencyvit.md has the argument.
+
+Measurements and their commands: docs/dependencyvit.md.
+
+Deviations (assumptions, none verified against the authors; the paper's tables were not available):
 - D1 heads: 12 for Tiny and Small (head dim 16 / 32), as the unofficial PR; DeiT-Tiny would use 3.
-- D2 head-selector temperature tau = 0.1 ("appendix D.1" as cited by the PR); constructor arg `head_select_temp`.
+- D2 head-selector temperature tau = 0.1 (the PR cites the paper's appendix D.1); constructor arg `head_select_temp`.
 - D3 no bias in the head selector and the message controller; D4 message controller C -> C/2 -> 1 with GELU.
 - D5 M is cumulative over depth (product); the gate of layer l uses M_l (including layer l's own controller).
 - D6 M multiplies the tokens after the final norm; plain mean over tokens; no fc_norm.
@@ -48,13 +55,6 @@ Assumptions (design note section 10; none verified against the authors, the pape
 - Features (`features_only`, `forward_intermediates`): per block on the full patch grid; in Lite a pruned token
   keeps its value from the last block it went through completely. forward_features returns the tokens as the head
   sees them (normed, times M), (B, N_kept, C).
-- FLOPs: no published figure was recovered, so there is nothing to compare against. benchmark.py (fvcore, at
-  224x224) counts 1.300 GMACs for Tiny, 4.768 for Small and 0.852 for Lite-Tiny (exact for any input: Lite's token
-  counts are fixed, not data-dependent).
-- Speed: SDPA cannot compute the transposed product; the fast `folded` kernel (gate on the values, received mass
-  as an extra value column, A_R never formed) is 1.15-1.4x the reference at the model's shapes on one CPU thread;
-  the row softmax (about 40% of the op) is the floor. Folding the softmax division into the gate was measured and
-  gives no further gain.
 """
 import math
 from functools import partial

@@ -12,61 +12,37 @@ Paper: W. Tan, Y. Geng, X. Xie, "FMViT: A multiple-frequency mixing Vision Trans
 
 Official code: none. https://github.com/tany0699/FMViT (newest snapshot 40b6bbf33f8fe44944d41338aed4cf0ab3c47d64,
 Apache-2.0) holds a README reading "Code coming soon"; no weights were released. Only the abstract of the paper
-could be read here (the method section, architecture and variant tables were not retrievable), so THIS FILE IS
-A RECONSTRUCTION from the abstract, not the authors' network: nothing here was checked against their model, the
-parameter counts are our own, and no pretrained weights exist for it.
+could be read here, so THIS FILE IS A RECONSTRUCTION from the abstract, not the authors' network: nothing here was
+checked against their model, the parameter counts are our own, and no pretrained weights exist for it.
 
-What the abstract states, and what this file builds from it:
-- An efficient hybrid CNN-transformer for deployment (TensorRT, CoreML) that mixes high-frequency (local,
-  convolutional) and low-frequency (global, attention) features "with varying frequencies" in every stage.
-- gMLP, "convolutional multi-group reparameterization": here `MultiGroupMlp`, a BatchNorm-then-MLP whose two
-  1x1 projections are each trained as parallel Conv-BN branches of 1, 2 and 4 groups (`layers.RepConvNorm`) and
-  merged into one dense 1x1 convolution for deployment (the pre-norm folds into the first one).
-- RLMHSA, "lightweight multi-head self-attention" (R read as re-parameterized): here `layers.MultiRateAttention`:
-  1x1 Conv-BN projections (fold into plain convs), keys/values from the map average-pooled at two rates, one rate
-  per half of the heads: two low-pass views of the map, i.e. low frequencies "with varying frequencies".
-- CFB, "convolutional fusion block": here the convolutional block, a multi-head convolutional mixer (grouped 3x3
-  + grouped 1x1 + identity, re-parameterized into one grouped 3x3, ReLU, a 1x1 Conv-BN fusing the groups) and a
-  `MultiGroupMlp`, each residual.
-- The frequency-mixing block (`FrequencyMixingBlock`, FMB): after a BatchNorm, the high-frequency path (the CFB
-  mixer without its 1x1 on the first (1 - lf_ratio) of the channels) and the low-frequency path (multi-rate
-  attention from all channels to lf_ratio of them, without its own output projection) are concatenated and
-  fused by one 1x1 Conv-BN, residual; then a `MultiGroupMlp`, residual.
+Structure (what the abstract names, as built here):
+- gMLP (`MultiGroupMlp`): a BatchNorm-then-MLP whose two 1x1 projections train as parallel Conv-BN branches of 1,
+  2 and 4 groups (`layers.RepConvNorm`) and deploy as one dense 1x1 convolution each.
+- RLMHSA (`layers.MultiRateAttention`): 1x1 Conv-BN projections, keys/values from the map average-pooled at two
+  rates, one rate per half of the heads.
+- CFB, the convolutional block: a multi-head convolutional mixer (grouped 3x3 + grouped 1x1 + identity,
+  re-parameterized into one grouped 3x3, ReLU, a 1x1 Conv-BN) and a `MultiGroupMlp`, each residual.
+- FMB, the frequency-mixing block (`FrequencyMixingBlock`): after a BatchNorm, the high-frequency path (the CFB
+  mixer without its 1x1, on the first (1 - lf_ratio) of the channels) and the low-frequency path (multi-rate
+  attention to lf_ratio of them) are concatenated and fused by one 1x1 Conv-BN, residual; then a `MultiGroupMlp`.
+- Macro layout: a 3-conv stride-4 stem, four stages at strides 4/8/16/32 with 2x2 average pooling + 1x1 Conv-BN
+  downsampling, conv blocks with a mixing block every `fmb_intervals[i]`-th block, final BatchNorm, global average
+  pool, linear head. timm's `reparameterize_model(model.eval())` gives the deploy form.
 
-Assumptions (none is confirmed by the paper body):
-- A1 Macro layout after Next-ViT (arXiv:2207.05501, the deployment-benchmarked hybrid FMViT's abstract compares
-  against in the same terms: TensorRT/CoreML latency, ResNet-101, EfficientNet): a 3-conv stride-4 stem, four
-  stages at strides 4/8/16/32 with 2x2 average pooling + 1x1 Conv-BN downsampling, conv blocks with a mixing
-  block every `fmb_intervals[i]`-th block (none in stage 1), final BatchNorm, global average pool, linear head.
-- A2 Only BatchNorm (no LayerNorm) and ReLU, for TensorRT/CoreML-friendly deployment, as Next-ViT and MobileOne.
-- A3 Key/value pooling rates per stage (for 224 input: 56/28/14/7 maps): (8, 16) / (4, 8) / (2, 4) / (1, 2), so
-  the finer group sees a 7x7 summary and the coarser a 4x4 one in every stage (stage 1's rates are used only if
-  a model puts mixing blocks there); head dim 32 (16 for the tiny
-  model), half of a mixing block's channels to the low-frequency path.
-- A4 Branch sets: gMLP groups (1, 2, 4); conv mixer groups = channels / head_dim, 3x3 + 1x1 + identity.
-- A5 Sizes. The abstract gives two operating points: on CoreML, 78.5% top-1 at MobileOne's latency (its 75.9%
-  is MobileOne-S1: 4.8 M params, 0.83 GMACs deployed); on TensorRT, 83.3% at ResNet-101's latency (44.5 M,
-  7.8 GMACs). Device latencies cannot be measured here, so `fmvit_t` and `fmvit_b` are sized to those models'
-  deployed parameter counts and MACs (table below; CPU latency against timm's `mobileone_s1` / `resnet101` is
-  in the README, `benchmark.py --deploy --compare-arch`). The published accuracies belong to the authors' unreleased
-  models, not to these.
-- A6 Init: He (fan-out) normal convs, trunc-normal(0.02) classifier, unit BatchNorms except the last one of
-  every residual branch, which starts at zero (zero-gamma: each block starts as the identity; without it the
-  residual stream of the 32-block fmvit_b grows to logits of order 1e6 once BatchNorm statistics are updated).
-  Stochastic depth on the residual branches (linear over all blocks).
+Assumptions with their reasons, variant sizing and measurements: docs/fmvit.md.
 
-Variants (1000 classes, 224 input; "deploy" = after `fuse()`; fvcore MACs, eval mode, where the training form's
-parallel branches count as the one convolution they are in eval mode):
+Deviations (assumptions, none confirmed by the paper body):
+- A1 macro layout after Next-ViT (arXiv:2207.05501), the deployment-benchmarked hybrid the abstract compares with.
+- A2 only BatchNorm and ReLU, for TensorRT/CoreML-friendly deployment.
+- A3 key/value pooling rates per stage (8, 16) / (4, 8) / (2, 4) / (1, 2); head dim 32 (16 for the tiny model);
+  half of a mixing block's channels to the low-frequency path.
+- A4 branch sets: gMLP groups (1, 2, 4); conv mixer groups = channels / head_dim, 3x3 + 1x1 + identity.
+- A5 sizes: `fmvit_t` and `fmvit_b` are sized to the deployed parameters and MACs of the abstract's two operating
+  points (MobileOne-S1, ResNet-101); the published accuracies belong to the authors' unreleased models.
+- A6 init: He (fan-out) normal convs, trunc-normal(0.02) classifier, the last BatchNorm of every residual branch
+  at zero (each block starts as the identity), stochastic depth linear over all blocks.
 
-| model | params (training form) | params (deploy) | GMACs (training form / deploy) | sized to (deployed) |
-|---|---|---|---|---|
-| fmvit_t | 7,408,944 | 4,892,976 | 0.848 / 0.843 | MobileOne-S1: 4,764,840, 0.825 G (+2.7% / +2.1%) |
-| fmvit_b | 69,586,504 | 44,238,376 | 7.840 / 7.824 | ResNet-101: 44,549,160, 7.834 G (-0.7% / -0.1%) |
-
-The abstract's third comparison (accuracy comparable to EfficientNet-B5 at 43% higher TensorRT speed) names no
-second FMViT size, so no further variant is registered: a size between or beyond these would be invented.
-
-Deployment: timm's `reparameterize_model(model.eval())` folds every Conv-BN, merges the re-parameterized branches
+Deployment: timm's `reparameterize_model(model.eval())` folds every Conv-BN and merges the re-parameterized branches
 and the MLP pre-norms (each block's `fuse()`; eval outputs unchanged to float rounding, tested).
 """
 from typing import List, Optional, Sequence, Tuple, Union

@@ -10,40 +10,31 @@ Parameter Efficient Visual Backbones", CVPR 2021, https://arxiv.org/abs/2103.127
       booktitle={CVPR}, year={2021}
     }
 
-No official code or weights exist. The reference implementation is timm's (`timm/layers/halo_attn.py`,
+Official code: none, and no official weights. The reference implementation is timm's (`timm/layers/halo_attn.py`,
 `timm/models/byobnet.py`, the configs in `timm/models/byoanet.py`, timm 1.0.31, Apache-2.0), whose ResNet-style
-hybrids carry the only trained HaloNet weights. The networks here are timm's `ByobNet` (stem, stages of bottleneck
-and self-attention blocks, head: the state-dict layout is timm's, so timm's checkpoints load unchanged) with our
-`layers.HaloAttention` as the self-attention layer (equal to timm's `HaloAttn` in float64, with a fused attention
-core). All names carry the `zoo_` prefix so that importing `backbones` never replaces timm's own registrations.
+hybrids carry the only trained HaloNet weights. The networks here are timm's `ByobNet` (the state-dict layout is
+timm's, so timm's checkpoints load unchanged) with our `layers.HaloAttention` as the self-attention layer. All names
+carry the `zoo_` prefix so that importing `backbones` never replaces timm's own registrations.
 
 Structure of the paper's H0-H7 (all-attention HaloNets): a 7x7/s2 conv stem (64) + 3x3/s2 max-pool, four stages
 of [3, 3, l3, 3] self-attention bottleneck blocks (1x1 conv -> halo attention (stride 2 in the first block of
 stages 2-4) -> BN-act -> 1x1 conv, residual), an optional 1x1 conv to df features, average pool, classifier.
 Stage i has base width w_i = 64 * 2^i; the paper's columns are the block size b, halo h, the bottleneck output
-multiplier rb (block output channels rb * w_i) and the value multiplier rv.
+multiplier rb (block output channels rb * w_i) and the value multiplier rv. Queries and keys are w_i wide (heads of
+w_i / 8 channels), values rv * w_i; the post-attention BatchNorm and the closing 1x1 conv work on rv * w_i channels
+(the reading that reproduces the paper's parameter counts; the derivation is in docs/halonet.md).
 
-Assumptions for H0-H7 (the paper's table as two independent third-party transcriptions agree on it; the paper
-text was not available here):
-- Query/key width w_i (heads of w_i / 8 channels), value width rv * w_i: the 1x1 conv before the attention outputs
-  w_i channels, q and k are w_i wide and v is rv * w_i wide (all three projected from the same w_i input), the
-  post-attention BatchNorm and the closing 1x1 conv work on rv * w_i channels. This is the reading that gives the
-  published parameter counts: 30.72 / 43.46 / 67.44 M for H5 / H6 / H7 against the paper's 30.7 / 43.4 / 67.4 M
-  (within 0.15%). The alternatives do not: widening the whole attention (q, k and v) by rv gives 71.0 / 109.2 /
-  199.8 M, and widening the block's inner width to rv * w_i with q and k narrowed back to w_i gives 53.2 / 80.1 /
-  138.4 M. For rv = 1 (H0-H4) every reading coincides and gives 5.50 / 8.10 / 9.40 / 11.84 / 19.10 M (paper 5.5 /
-  8.1 / 9.4 / 11.8 / 19.1 M); H1 is timm's `halonet_h1`, parameter for parameter.
-- 8 heads in every stage, ReLU, BN eps 1e-5, unmasked zero-padded halos, strided queries for stride-2 blocks: timm's
-  `halonet_h1` choices (a transcription lists 4 heads in stage 1; heads do not change the parameter count, 8 is
-  timm's).
-- Each network's input resolution is the paper's s; crop_pct 0.95 and bicubic as timm's `halonet_h1` cfg.
+Measurements, the speed investigation and their commands: docs/halonet.md.
 
 Deviations from timm (none changes a result timm computes):
 - Feature maps not divisible by the halo block size (timm raises) are zero-padded to whole blocks inside the
-  attention (see layers/halo_attn.py), so any input size runs, including H7's published 600 x 600 (its 75 x 75
-  stage-3 map is not divisible by b = 10).
+  attention, so any input size runs, including H7's published 600 x 600 (its 75 x 75 stage-3 map is not divisible
+  by b = 10).
 - halo2botnet50ts / lamhalobotnet50ts use timm's bottleneck (BoT) and lambda layers as they are; only their halo
   layers are ours. The BoT layer needs the fixed 256 x 256 input, as in timm.
+- H0-H7 (not in timm beyond H1) follow timm's `halonet_h1` choices: 8 heads in every stage, ReLU, BN eps 1e-5,
+  unmasked zero-padded halos, strided queries for stride-2 blocks, crop_pct 0.95, bicubic; each network's input
+  resolution is the paper's s.
 """
 from functools import partial
 from typing import Optional, Tuple

@@ -12,9 +12,8 @@ Vision Transformers?", arXiv:2503.10632 (v1 2025-03, v2 2025-05), https://arxiv.
 
 Official code: none. https://github.com/MaitySubhajit/KArAt (newest snapshot
 39142d6c68b9a742d4577c1425b731c4b37460b3, CC BY-NC-SA 4.0) holds only a README ("Codes - Coming Soon!") and the
-project page; no weights are published. There is therefore no fixture: this file is written from the project
-page and the published tables (design note ../shared/design/karat.md), and every assumption is listed below.
-The pretrained cfgs carry no URL.
+project page; no weights are published, so there is no fixture and the cfgs carry no URL. This file is written
+from the project page and the published tables.
 
 Structure: a DeiT/timm ViT (16x16 patch embedding, class token, learned position embedding, 12 pre-norm blocks,
 LayerNorm eps 1e-6, MLP ratio 4 with GELU, qkv bias, final norm, linear head on the class token) in which the
@@ -27,39 +26,23 @@ a linear map W (N x r) back to N; the result multiplies v (no normalisation). Sh
   as `attn_act.*` and handed to every block.
 Variants (the paper's table): ViT-Tiny G3B/G3U, ViT-Small G3B/G3U, ViT-Base G1B/G1U.
 
-Parameter counts (1000 classes; the published column rounds to 0.01M and mixes head sizes, see the design
-note): ViT + (12 x heads or heads) x r N (2G + 3). Tiny G3B 6,483,352, G3U 5,781,244; Small G3B 23,582,536,
-G3U 22,178,320; Base G1B 88,269,736, G1U 86,709,496, which reproduce all nine published totals.
+Parameter-count derivation, FLOPs against the published counting, speed and their commands: docs/karat.md.
 
-Assumptions (not recoverable from the public material; A-numbers as in the design note):
-- A1 the operator's input is the scaled score matrix q k^T / sqrt(d_h).
-- A2 it acts on query rows (over the keys) and its output row replaces the softmax row.
-- A3 the r N (2G + 3) parameters per operator are split as 2G r N Fourier coefficients, r N base weights w_b,
-  r N unit scales w_s (an efficient-KAN style unit) and the N x r map W, without bias. The project page writes
-  the unit without w_b/w_s; the published counts need 3 r N parameters beyond the coefficients and W. With the
-  zero base activation, w_b multiplies zero: it is kept (the counts need it) and receives a zero gradient.
-- A4 no normalisation after the operator (the page stresses that weights may be negative); none is
-  implemented.
-- A5 N = 197 includes the class token (confirmed by the published activation FLOPs L h N^2 r (3G + 1)).
-- A6 init: coefficients N(0, 1 / (N G)) (the common Fourier-KAN scaling; the page lists N(0, 1)), w_s = 1,
-  w_b ~ U(+-1/sqrt(N)), W ~ N(0, 1 / (r N)); other weights as timm's ViT (trunc normal 0.02).
-- A7 timm ViT defaults elsewhere: qkv bias, LayerNorm eps 1e-6, attention dropout on the N x N weights.
-- A8 universal mode shares both the KAN layer and W across blocks.
-- Preprocessing (crop 0.875, bicubic, ImageNet mean/std) is assumed (DeiT's); the paper's recipe table was not
-  recovered.
-
-Deviations: the input size is fixed (the operator has units per key position; a clear error names the size);
-building with another `img_size` sizes the operators for its token count. `attn_act='softmax'` gives the
-authors' softmax baseline (timm's ViT) in the same class, for comparisons. Checkpoints of a plain softmax ViT
-(timm/DeiT layout) load with the KArAt operators at their init, for fine-tuning.
-
-FLOPs: fvcore counts the operator's definition (the `dense` form, whose matmuls count what the per-row reference
-does: N^2 r (2G + 1) per head, plus N^2 d for the weights times v), not sin/cos: Tiny G3 1.376, Small G3 4.843,
-Base G1 17.784 GMACs against the published 1.425 / 4.941 / 17.847 "GFLOPs" (-3.5% / -2.0% / -0.4%; the
-published totals are MACs in fvcore's sense: the softmax ViT-Tiny's 1.262 is fvcore's 1.258 plus softmax). The
-published activation figure counts L h N^2 r (3G + 1), i.e. G more operations per unit and harmonic (evaluating
-the argument m x per unit p); the shared basis cos(m x), sin(m x) needs them once per score, not r times, and
-fvcore leaves elementwise work out.
+Deviations (assumptions, as nothing official exists to deviate from; reasons in docs/karat.md):
+- A1 the operator's input is the scaled score matrix q k^T / sqrt(d_h); A2 it acts on query rows and its output
+  row replaces the softmax row.
+- A3 the r N (2G + 3) parameters per operator are 2G r N Fourier coefficients, r N base weights w_b, r N unit
+  scales w_s and the N x r map W, without bias (the published counts need them). With the zero base activation,
+  w_b multiplies zero: it is kept and receives a zero gradient.
+- A4 no normalisation after the operator; A5 N = 197 includes the class token.
+- A6 init: coefficients N(0, 1 / (N G)), w_s = 1, w_b ~ U(+-1/sqrt(N)), W ~ N(0, 1 / (r N)); other weights as
+  timm's ViT (trunc normal 0.02).
+- A7 timm ViT defaults elsewhere (qkv bias, LayerNorm eps 1e-6, attention dropout on the N x N weights); A8
+  universal mode shares both the KAN layer and W across blocks. Preprocessing is DeiT's (crop 0.875, bicubic).
+- The input size is fixed (the operator has units per key position; a clear error names the size); building
+  with another `img_size` sizes the operators for its token count.
+- `attn_act='softmax'` gives the authors' softmax baseline (timm's ViT) in the same class; checkpoints of a
+  plain softmax ViT (timm/DeiT layout) load with the KArAt operators at their init, for fine-tuning.
 """
 from typing import List, Optional, Tuple, Union
 

@@ -17,12 +17,15 @@ detection/mmdet/models/backbones/litv2.py), Apache-2.0.
 Structure (tokens kept as (B, H, W, C) maps): a 4x4/s4 conv stem + LayerNorm; four stages (strides 4-32); stages
 1-2 are attention-free, each block `x = x + ConvFFN(LN(x))`; stages 3-4 add HiLo attention before it,
 `x = x + HiLo(LN(x))`. ConvFFN = fc1 -> depthwise 3x3 conv -> GELU -> fc2 (ratio 4). HiLo (`layers.HiLoAttention`)
-gives int(0.9 * heads) heads to Lo-Fi attention over 2x2 average-pooled keys/values and the rest to Hi-Fi
-attention in 2x2 windows in stage 3; stage 4 (window 1) is plain global attention. Stages 2-4 start with
+gives int(alpha * heads) heads (alpha 0.9) to Lo-Fi attention over 2x2 average-pooled keys/values and the rest to
+Hi-Fi attention in 2x2 windows in stage 3; stage 4 (window 1) is plain global attention. Stages 2-4 start with
 deformable token merging (`layers.DeformTokenMerge`: a 2x2/s2 deformable conv whose offsets come from a 2x2/s2
 conv, BatchNorm, GELU). Head: LayerNorm on every token, global average, Linear. No position embedding at all.
+The alpha-ablation models of release v1.1 are registered as `litv2_s_alpha{0,02,04,05,07,1}`.
 
-Deviations from the official classification code (none change the function at the trained resolutions):
+Measurements (FLOPs against the official `flops()`, kernel speed) and their commands: docs/litv2.md.
+
+Deviations (none changes the function at the trained resolutions):
 - timm layout: the official downsample at the end of stage i is `stages.{i+1}.downsample` here, `patch_embed`
   is `stem`, `mlp.dwconv.dwconv` is `mlp.dwconv`, the head Linear is `head.fc`; `checkpoint_filter_fn` maps the
   official keys (wrapped under 'model' in the released files).
@@ -31,18 +34,11 @@ Deviations from the official classification code (none change the function at th
   map to a multiple of its window and crops (`layers.hilo_attention`); token merging floors odd sides (k2/s2/p0).
   Inputs need at least 29 x 29 px (three merges after the stem). Non-square inputs work.
 - Deformable convolution: `torchvision.ops.deform_conv2d` (or our pure-PyTorch reference) instead of the
-  repository's CUDA extension; same function (design/litv2.md section 3.3).
+  repository's CUDA extension, whose kernel computes the same function (same offset layout and border rule).
 - HiLo's fast path computes the Hi-Fi q|k|v and the Lo-Fi q in one GEMM and runs both attention cores through
   `scaled_dot_product_attention` (equal to the official matmul/softmax path to float rounding).
 - `drop_path_rate` defaults to 0 as in timm; the official training rates (S 0.2, M 0.3, B 0.5) are in the
   recipes (configs/litv2). The official `qk_scale` is None in every release and is not exposed.
-- FLOPs (fvcore multiply-adds on the reference kernels, `benchmark.py`): 3.736 / 7.484 / 13.200 G for S / M / B at
-  224 and 39.729 G for B at 384, within 0.1% of the official `flops()` (3.734 / 7.479 / 13.194 / 39.709 G) and
-  the published 3.7 / 7.5 / 13.2 / 39.7 G. Alpha ablation (alpha 0 / 0.2 / 0.4 / 0.5 / 0.7 / 1): 3.967 / 3.882 /
-  3.816 / 3.770 / 3.743 / 3.747 G vs official 3.965 / 3.881 / 3.815 / 3.769 / 3.742 / 3.746 G; the README's
-  3.70 G for alpha 1 is not what the official `flops()` gives for that model (3.746 G).
-- Alpha ablation models (release v1.1, LITv2-S trained with alpha 0 ... 1) are registered as
-  `litv2_s_alpha{0,02,04,05,07,1}`; alpha 0.9's run is the `litv2_s.in1k_alpha_ablation` tag of `litv2_s`.
 """
 from typing import List, Optional, Tuple, Union
 

@@ -17,22 +17,22 @@ Structure: a 3-conv stem (stride 8), four stages (stages 1-3 start with a dw 3x3
 Conv-BN), global average pool, BatchNorm1d + Linear head (distilled variants: a second head, averaged at eval).
 Blocks alternate: even blocks mix with RepVGG-style dw 3x3 + dw 1x1 + identity then squeeze-excite; odd blocks
 use LS convolution (`layers.LSConv`) in stages 0-2 and LeViT-style attention (dw conv on q, relative-offset
-bias) in stage 3; every block ends with a Conv-BN FFN (ratio 2) residual.
+bias) in stage 3; every block ends with a Conv-BN FFN (ratio 2) residual. `fuse()` folds every Conv-BN, the
+RepVGG branches and the BatchNorm1d heads (the official `replace_batchnorm`).
 
-Deviations from the official code:
+Measurements (FLOPs vs the paper's rounding, fused and kernel speed) and their commands: docs/lsnet.md.
+
+Deviations:
 - timm layout: `stages.i.downsample.{0,1}` / `stages.i.blocks.j` (the official downsample convs are the first
   two entries of the next `blocksN` Sequential), Conv-BN `.c` -> `.conv`, heads `head.{bn,l}` ->
   `head.{norm,fc}`, the `Residual` wrappers are folded into the blocks; `checkpoint_filter_fn` maps the keys.
 - The attention bias is gathered from `attention_biases` on every forward (no eval cache), so weights loaded
   after `.eval()` are never stale (the official cache is).
-- Any input size works. The official classifier only runs when the last map is 4 x 4 (193-256 px inputs).
-  Assumption: for smaller maps the learned bias of each (|dy|, |dx|) offset is used as is (the table already
-  holds those offsets); for larger maps the 4 x 4 offset table is resized bicubically (align_corners=True,
-  so the learned offsets keep their values at the table's corners), as Swin-style models resample tables.
+- Any input size works (the official classifier only runs when the last map is 4 x 4, i.e. 193-256 px inputs).
+  Assumption: for smaller maps the learned bias of each (|dy|, |dx|) offset is used as is; for larger maps the
+  4 x 4 offset table is resized bicubically (align_corners=True, so the learned offsets keep their values at the
+  table's corners), as Swin-style models resample tables.
 - `drop_path_rate` (default 0; the official model has no stochastic depth) applies to the FFN residuals.
-- FLOPs: fvcore counts 0.319/0.542/1.255 GMACs for T/S/B (unfused, BatchNorm included; SKA's multiply-adds
-  are elementwise and not counted, about 1%); the paper's 0.3/0.5/1.3G are rounded to 0.1G and were counted
-  on the fused model with SKA stood in for by a depthwise 3x3 conv, so they agree within their rounding.
 - SKA runs through `layers.ska` (CPU-friendly `shift` path by default); no Triton.
 - timm's `reparameterize_model(model.eval())` folds every Conv-BN, the RepVGG branches and the BatchNorm1d heads
   (each module's `fuse()`; the official `replace_batchnorm`); the fused modules keep the model's dtype (the

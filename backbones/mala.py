@@ -21,15 +21,14 @@ four stages, a head 1x1 conv -> BatchNorm -> SiLU -> average pool -> linear. A b
 Stages 1-2 use magnitude-aware linear attention, stages 3-4 softmax attention, both with 2-D rotary position
 embedding on q and k (`layers.linear_attn`). Stage i > 0 starts with a 3x3/2 conv + BatchNorm.
 
-Deviations from the official code (none change the function):
+Measurements (incl. the 4.6 vs 4.92 G FLOPs question) and their commands: docs/mala.md.
+
+Deviations (none changes the function):
 - timm layout: the official downsample at the end of stage i is `stages.{i+1}.downsample` here, so stage
   features come before downsampling; `gamma_1/2` ([1, C, 1, 1]) are `ls1/2.gamma` ([C]); the classifier is a
   Linear (the official 1x1 conv's weight is reshaped on load); the RoPE angle buffer is recomputed (dropped
   from checkpoints: it depends only on head_dim).
 - The official Swish is a custom autograd Function with the same forward as SiLU; SiLU is used.
-- FLOPs: fvcore counts 2.65/4.93/10.64/17.30 GMACs for T/S/B/L (equal to fvcore on the official constructors);
-  the paper gives 4.6G for MAViT-S. The official main.py prints fvcore's count, which gives 4.92G for S too, so
-  the published figure was counted differently (not reproducible from the released code); we report fvcore's.
 - `drop_path_rate` defaults to 0 as in timm; the official constructors' training rates (0.1/0.15/0.4/0.55)
   are in the recipes (configs/mala).
 """

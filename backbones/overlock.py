@@ -27,36 +27,24 @@ Structure (NCHW; LN = channels LayerNorm eps 1e-6, BN eps 1e-5):
   (`layers.ContMix`) computes per-pixel 5x5 and K x K kernels from the affinity of each pixel with 7 x 7
   pooled context tokens and applies them over NATTEN-style shifted windows (`layers.na2d_av`).
 - Head: 1x1 conv -> BN -> SiLU (1024) -> average pool -> linear; the features are cat[x, h], D3 + Ch channels.
+- Training returns the main logits (the timm contract); the aux head's logits reach the loss through the model
+  hook `training_losses()` (CE(main) + 0.4 CE(aux), as the official loss). `*_reparam` variants are the official
+  deploy form (each DilatedReparamBlock one K x K dw conv with bias); timm's `reparameterize_model` converts a
+  trained model (eval mode), exactly.
 
-Deviations and assumptions (none change the function):
+Measurements, the FLOPs-gap investigation (ours vs the published counts) and their commands: docs/overlock.md.
+
+Deviations (none changes the function):
 - timm layout: `stem`, `stages.{0..3}.{downsample,blocks}` (stage 3 = Overview-Net), `overview_proj`,
   `focus_stages.{0,1}.{downsample,blocks}`, ContMix parameters under `.contmix.`, heads `head.{conv,norm,fc}` and
   `aux_head.{norm,fc}` with Linear classifiers (the official 1x1 convs are reshaped on load).
   `checkpoint_filter_fn` maps the official keys (bare, 'state_dict', 'model' or 'state_dict_ema' wrapped).
-- Training returns the main logits, as every timm model; the official train-mode output also carries the aux
-  head's logits, which the model keeps from its training forward for `training_losses()` (engine/hooks.py): the
-  official loss CE(main) + 0.4 CE(aux) with the training criterion. `deep_supervision=False` builds no aux head
-  (checkpoints' aux keys are then dropped).
-- `*_reparam` variants are the official deploy form (each DilatedReparamBlock one K x K dw conv with bias);
-  timm's `reparameterize_model(model.eval())` converts a trained model (every block's `fuse()`), exactly. The
-  official `*_reparam` constructors ignore their kwargs (num_classes, drop_path_rate) and s/b never load weights;
-  ours honour both.
-- Parameter counts are the official constructors' (with the aux head). The published 16/33/56/95 M are the
-  deploy models without the aux head (16,453,712 / 33,467,040 / 56,156,452 / 94,942,528 here).
-- FLOPs: fvcore counts 2.717 / 5.677 / 9.941 / 17.169 GMACs for the deploy models (xt/t/s/b) at 224 (train
-  layout: 2.893 / 6.054 / 10.532 / 18.111), 2.5-4.5% above the published 2.6 / 5.5 / 9.7 / 16.7 G. The published
-  figures count the deploy model with a module-hook counter: the official models/overlock.py built with deploy=True
-  (no iGEMM package) under mmcv 1.7.2's `get_model_complexity_info` (the counter of the first author's TransXNet
-  `get_flops.py`; the OverLoCK repo has no FLOPs script) gives 2.631 / 5.497 / 9.659 / 16.727 G, which round to
-  all four; no other setup tried does (mmcv on the train layout: 2.806 / 5.873 / 10.246 / 17.663; ptflops 0.7.5
-  on the deploy model: 16.78 for b; thop: 9.65 for s; fvcore with NATTEN's opaque op: 2.688 / 5.620 / 9.846 /
-  17.025; closest, fvcore on the train layout with the iGEMM conv opaque too: 2.643 / 5.517 / 9.691 / 16.769).
-  Such a counter hooks exact `nn.Conv2d` / `nn.BatchNorm2d` / `nn.LayerNorm` types only, so it leaves out work that
-  fvcore traces, in G for xt / t / s / b: the residual 3x3 dw convs (`ResDWConv`, an nn.Conv2d subclass) 0.049 /
-  0.105 / 0.163 / 0.258; ContMix's aggregation (NATTEN's `na2d_av`, not a module) 0.030 / 0.060 / 0.100 / 0.150 and
-  its affinity einsum 0.008 / 0.016 / 0.026 / 0.040; the LayerNorms (a subclass; 5 per element in fvcore) 0.008 /
-  0.017 / 0.027 / 0.042. It adds the conv bias adds fvcore skips, 0.009 / 0.019 / 0.034 / 0.047. Our count minus
-  the first four plus the last equals the mmcv count to 0.001 G. We keep fvcore's count: it is the work done.
+- Training returns the main logits, as every timm model; the aux head's logits of the training forward enter the
+  loss through `training_losses()` (engine/hooks.py): the official CE(main) + 0.4 CE(aux) with the training
+  criterion (`aux_loss_weight`). `deep_supervision=False` builds no aux head (checkpoints' aux keys are then dropped).
+- `*_reparam` variants are the official deploy form; timm's `reparameterize_model(model.eval())` converts a trained
+  model exactly. The official `*_reparam` constructors ignore their kwargs (num_classes, drop_path_rate) and s/b
+  never load weights; ours honour both.
 - The dilated branches run through `layers.dilated_dwconv2d` (exact sub-grid fast path); ContMix's aggregation
   through `layers.na2d_av` (blocked dense-tile fast path, or NATTEN's own op if installed). No NATTEN and no
   iGEMM package are needed.

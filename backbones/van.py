@@ -20,14 +20,15 @@ Structure: four stages (strides 4, 8, 16, 32). Each stage is an overlapping patc
 with LKA(u) = u * conv1x1(dwconv7x7_dilation3(dwconv5x5(u))), a plain elementwise gate. The head is a
 global average over the normed last-stage tokens and a Linear layer.
 
-Deviations from the official code (none change the function):
+Measurements and their commands: docs/van.md.
+
+Deviations (none changes the function):
 - Modules are renamed to timm's layout (`stages.i.downsample/blocks/norm`, `ls1.gamma`, `head.fc`);
   `checkpoint_filter_fn` maps the official keys.
-- The dilated depthwise conv of LKA runs through `layers.dilated_dwconv2d` (fast `subgrid` path by default,
-  exact); the official bugs in `reset_classifier`/`no_weight_decay` are not reproduced.
+- LKA's dilated depthwise conv runs through `layers.dilated_dwconv2d` (exact fast `subgrid` path by default).
+- The official bugs in `reset_classifier`/`no_weight_decay` are not reproduced.
 - Dropout inside the MLP is `proj_drop_rate` (official `drop_rate`); `drop_rate` is head dropout, as in timm.
-- van_b4, van_b5 and van_b6 have no released ImageNet-1k weights; they are registered architecture-only
-  (the official constructors exist and the parameter counts match them).
+- van_b4, van_b5 and van_b6 have no released ImageNet-1k weights; they are registered architecture-only.
 """
 from typing import List, Optional, Tuple, Union
 

@@ -4,7 +4,7 @@ fvcore reports multiply-accumulates and calls them flops; so do we here (`macs`)
 GFLOPs = 2 x GMACs beside them. Count under `layers.kernel_impl('flops')` (the reference kernels, or the
 linear-time form for linear attention, whose reference is the quadratic definition): they are
 traceable and their einsum/matmul/conv nodes count exactly the useful work, while fused or sparse paths
-either hide in one node or do not trace at all (design/kernels.md section 4).
+either hide in one node or do not trace at all.
 
 `FLOP_HANDLES` maps a traced op name to a handle `(inputs, outputs) -> macs`; an operator registered as a
 custom op (`zoo::<name>`) adds its handle here.

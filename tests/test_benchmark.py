@@ -51,7 +51,7 @@ def test_attention_block_count_equals_hand_count():
 
 @pytest.mark.parametrize('name,published_gmacs', [('van_b0', 0.88), ('van_b1', 2.52)])
 def test_van_flops_match_published(name, published_gmacs):
-    """OpenMMLab's converted figures (van.md): fvcore counts MACs, as they do."""
+    """OpenMMLab's counts of the official files (docs/van.md): fvcore counts MACs, as they do."""
     model = timm.create_model(name)
     macs = count_flops(model, (3, 224, 224))['macs'] / 1e9
     assert abs(macs - published_gmacs) / published_gmacs < 0.03, macs
@@ -88,6 +88,7 @@ def test_ops_benchmark_prints_side_by_side(tmp_path):
 def test_unknown_model_is_a_clear_error():
     result = _run('van_b99')
     assert result.returncode == 2 and "Unknown model 'van_b99'" in result.stderr and 'Traceback' not in result.stderr
+    assert 'did you mean van_b' in result.stderr  # the CLIs list close matches
     result = _run('nothing_like_this*')
     assert result.returncode == 2 and 'nothing_like_this*' in result.stderr
 

@@ -66,3 +66,13 @@ def test_value_expanded_block_runs_and_trains():
     out = model.forward_head(model.stages(model.stem(x)))
     out.sum().backward()
     assert out.shape == (2, 10) and all(p.grad is not None for p in model.stages.parameters())
+
+
+@pytest.mark.slow
+def test_h7_runs_at_its_published_600_resolution():
+    """H7's 75 x 75 stage-3 map is not divisible by its block size 10: the halo layer pads it (timm raises)."""
+    model = timm.create_model('zoo_halonet_h7').eval()
+    assert model.pretrained_cfg['input_size'] == (3, 600, 600)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 600, 600))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()

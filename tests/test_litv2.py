@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from backbones.litv2 import checkpoint_filter_fn
 from detweights import build_state_dict, fixture_input
-from layers import DeformTokenMerge, HiLoAttention, deform_conv2d, kernel_impl
+from layers import DeformConv2dPack, DeformTokenMerge, HiLoAttention, deform_conv2d
 from layers.hilo_attn import hilo_head_split
 
 FIXTURE = json.loads((Path(__file__).parent / 'fixtures' / 'litv2_litv2_s.json').read_text())
@@ -151,15 +151,24 @@ def test_inputs_are_padded_to_the_patch_size(litv2_s_official):
     assert [tuple(f.shape[-2:]) for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
 
 
-def test_fixture_logits_under_every_kernel_combination(litv2_s_official):
+@pytest.mark.parametrize('hilo_impl', ['reference', 'sdpa'])
+@pytest.mark.parametrize('deform_impl', ['reference', 'torchvision'])
+def test_fixture_logits_under_every_kernel_combination(litv2_s_official, hilo_impl, deform_impl):
+    """Each named implementation runs against the fixture, torchvision's deform_conv2d included ('auto' keeps the
+    reference on the CPU, so only naming it runs it here)."""
     model = litv2_s_official.double()
     x = fixture_input(FIXTURE['input']['seed'], FIXTURE['input']['shape'])[:1]
     expected = torch.tensor(FIXTURE['outputs']['logits'], dtype=torch.float64)[:1]
+    layers = [m for m in model.modules() if isinstance(m, (HiLoAttention, DeformConv2dPack))]
+    assert {type(m) for m in layers} == {HiLoAttention, DeformConv2dPack}
     try:
-        for impl in ('reference', 'auto'):
-            with kernel_impl(impl), torch.no_grad():
-                assert (model(x) - expected).abs().max() < 1e-9
+        for m in layers:
+            m.kernel_impl = hilo_impl if isinstance(m, HiLoAttention) else deform_impl
+        with torch.no_grad():
+            assert (model(x) - expected).abs().max() < 1e-13
     finally:
+        for m in layers:
+            m.kernel_impl = None
         model.float()
 
 

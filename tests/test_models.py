@@ -1,4 +1,6 @@
 """The timm contract, checked for every registered model (a new family gets these tests for free)."""
+import pkgutil
+
 import pytest
 import timm
 import torch
@@ -7,8 +9,9 @@ from torch import nn
 import layers
 from engine.hooks import set_distilled_training, training_losses
 
-from conftest import ALL_MODELS, CI_MODELS, ceil_div, input_size_for, meta_param_count, model_params
-from official_params import OFFICIAL_PARAMS
+import backbones
+from conftest import ALL_MODELS, CI_MODELS, ceil_div, input_size_for, meta_param_count, model_family, model_params
+from official_params import DERIVED_PARAMS, OFFICIAL_PARAMS, PUBLISHED_PARAMS, SELF_MADE_PARAMS
 
 FWD_SIZE, BWD_SIZE, FEAT_SIZE = 224, 128, 96
 
@@ -17,14 +20,39 @@ def _create(name, **kwargs):
     return timm.create_model(name, **kwargs)
 
 
+EXACT_PARAM_TABLES = {'official': OFFICIAL_PARAMS, 'derived': DERIVED_PARAMS, 'self-made': SELF_MADE_PARAMS}
+
+
 @pytest.mark.parametrize('name', ALL_MODELS)
-def test_param_count_is_official(name):
-    assert name in OFFICIAL_PARAMS, f'{name} has no official parameter count in tests/official_params.py'
-    assert meta_param_count(name) == OFFICIAL_PARAMS[name]
+def test_param_count(name):
+    """Equal to the official constructor's count, our derivation of the paper's, or (reconstructions) our own."""
+    tables = [kind for kind, table in EXACT_PARAM_TABLES.items() if name in table]
+    assert len(tables) == 1, f'{name} must be in exactly one count table of tests/official_params.py, is in {tables}'
+    assert meta_param_count(name) == EXACT_PARAM_TABLES[tables[0]][name]
 
 
-def test_every_family_has_a_ci_model():
-    assert CI_MODELS and CI_MODELS <= set(ALL_MODELS)
+def test_param_tables_name_only_registered_models():
+    listed = set(PUBLISHED_PARAMS).union(*EXACT_PARAM_TABLES.values())
+    assert listed <= set(ALL_MODELS), sorted(listed - set(ALL_MODELS))
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_PARAMS))
+def test_param_count_matches_the_published_rounded_figure(name):
+    published, kwargs = PUBLISHED_PARAMS[name]
+    decimals = len(repr(published).split('.')[1]) if isinstance(published, float) else 0
+    unit = 10 ** -decimals
+    ours = meta_param_count(name, **kwargs) / 1e6
+    assert abs(ours - published) < unit, f'{name}: {ours:.4f} M, published {published} M'
+
+
+def test_every_family_module_has_a_ci_model():
+    """Every backbones/<family>.py file registers models, and at least one of them runs in the default run."""
+    family_modules = {m.name for m in pkgutil.iter_modules(backbones.__path__) if not m.name.startswith('_')}
+    assert family_modules, 'no family modules found in backbones/'
+    ci_families = {model_family(n) for n in CI_MODELS}
+    missing = sorted(family_modules - ci_families)
+    assert not missing, f'family modules without a model in the default (CI) run: {missing}'
+    assert CI_MODELS <= set(ALL_MODELS)
 
 
 @pytest.mark.parametrize('name', model_params())
@@ -186,8 +214,9 @@ def test_model_any_input_size(name):
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize('name', sorted(CI_MODELS))
+@pytest.mark.parametrize('name', model_params())
 def test_model_torch_compile(name):
+    """torch.compile (graph breaks allowed) gives the eager outputs; every model under -m slow."""
     model = _create(name).eval()
     x = torch.randn(1, *input_size_for(model, 64))
     with torch.no_grad():

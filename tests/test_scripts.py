@@ -181,7 +181,7 @@ def test_bad_checkpoint_files_are_named(tmp_path):
     result = _run('eval.py', '--model', 'van_b0', '--checkpoint', truncated, '--dataset', 'digits', check=False)
     assert result.returncode == 2 and f'{truncated} is not a readable PyTorch checkpoint' in result.stderr
     result = _run('eval.py', '--model', 'van_b99', '--dataset', 'digits', check=False)
-    assert result.returncode == 2 and "Unknown model 'van_b99'" in result.stderr
+    assert result.returncode == 2 and "Unknown model 'van_b99'; did you mean van_b" in result.stderr
 
 
 def test_single_image_top5_has_imagenet_names(tmp_path):
