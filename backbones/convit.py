@@ -37,7 +37,6 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
-from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs, register_model
@@ -45,7 +44,8 @@ from timm.models.vision_transformer import Attention
 
 from layers import GatedPositionalAttention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
+    build_model_with_cfg, check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed,
+    unwrap_state_dict,
 )
 
 __all__ = ['ConViT']

@@ -65,13 +65,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
-from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import dependency_mask, gather_tokens, reversed_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed, unwrap_state_dict,
+    build_model_with_cfg, check_input_size, check_state_dict_keys, init_vit_weights, resample_pos_embed,
+    unwrap_state_dict,
 )
 
 __all__ = ['DependencyViT']

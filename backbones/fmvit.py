@@ -76,14 +76,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, get_act_layer, trunc_normal_
-from timm.models._builder import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, reparameterize
 from ._helpers import (
-    CheckpointMismatchError, check_input_size, check_state_dict_keys, prune_stages, stage_intermediates,
-    unwrap_state_dict,
+    build_model_with_cfg, check_input_size, check_state_dict_keys, CheckpointMismatchError, prune_stages,
+    stage_intermediates, unwrap_state_dict,
 )
 
 __all__ = ['FMViT']

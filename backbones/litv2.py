@@ -52,13 +52,12 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
-from timm.models._builder import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import DeformTokenMerge, HiLoAttention
-from ._helpers import check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
+from ._helpers import build_model_with_cfg, check_input_size, check_state_dict_keys, remap_state_dict, unwrap_state_dict
 
 __all__ = ['LITv2']
 

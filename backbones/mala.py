@@ -40,13 +40,12 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models._builder import build_model_with_cfg
 from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
 from layers import linear_attention, rope_2d, softmax_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
+    build_model_with_cfg, check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates,
     unwrap_state_dict,
 )
 
