@@ -13,12 +13,11 @@ import torch
 from torch import nn
 
 import layers
-from conftest import CI_MODELS, input_size_for, model_family, model_params
+from conftest import CI_MODELS, input_size_for, model_params
 
 ort = pytest.importorskip('onnxruntime')
 
 EXPORT_SIZE = 128  # where the model takes it: export cost grows with the graph, not the input
-SCRIPTABLE = ('convit', 'halonet')
 
 
 def _model(name: str, **kwargs):
@@ -130,7 +129,7 @@ def test_exportable_is_kept_for_the_model_lifetime():
     assert chosen == ['reference', 'fast'] and not layers.traceable_only()
 
 
-@pytest.mark.parametrize('name', sorted(n for n in CI_MODELS if model_family(n) not in SCRIPTABLE))
+@pytest.mark.parametrize('name', sorted(CI_MODELS))
 def test_torchscript_refusal_names_why_and_the_alternatives(name):
     model = timm.create_model(name, scriptable=True)
     with warnings.catch_warnings():
