@@ -39,6 +39,7 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor, what: str) -> float:
     diff = (out - ref).abs().max().item()
     tol = 1e-4 * max(1.0, ref.abs().max().item())
     assert out.shape == ref.shape and diff <= tol, f'{what}: max |diff| {diff:.3g} > {tol:.3g}'
+    print(f'{what}: max |diff| {diff:.2g} (tolerance {tol:.2g})')  # shown with -rA: the README's table
     return diff
 
 

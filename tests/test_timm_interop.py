@@ -40,10 +40,7 @@ def test_timm_script_without_the_runner_does_not_know_our_models(tmp_path):
 def test_timm_run_runs_a_timm_style_script_with_our_models(tmp_path):
     script = tmp_path / 'validate_like.py'
     script.write_text(_VALIDATE_LIKE)
-    env_path = f'{REPO}'
-    result = subprocess.run([sys.executable, '-m', 'backbones.timm_run', str(script), '--model', 'van_b0'],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, env={'PYTHONPATH': env_path,
-                                                                                        'PATH': '/usr/bin:/bin'})
+    result = _run('-m', 'backbones.timm_run', str(script), '--model', 'van_b0', cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'van_b0 (1, 1000) True'
 
