@@ -1,12 +1,160 @@
-"""Helpers shared by the family files: checkpoint key remapping and checks, input checks."""
+"""Helpers shared by the family files: model building, checkpoint key remapping and checks, input checks."""
+import functools
+import importlib.util
+import hashlib
+import http.client
+import os
 import re
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from timm.models import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg as _timm_build_model_with_cfg
 
-__all__ = ['CheckpointMismatchError', 'check_state_dict_keys', 'check_input_size', 'feature_take_indices',
-           'prune_stages', 'remap_state_dict', 'stage_intermediates', 'token_maps', 'unwrap_state_dict']
+from layers import bind_layer_config
+
+__all__ = [
+    'CheckpointMismatchError', 'WeightsDownloadError', 'build_model_with_cfg', 'check_input_size',
+    'check_state_dict_keys', 'feature_take_indices', 'hf_hub_weights', 'load_url_checkpoint', 'pretrained_file_name',
+    'prune_stages', 'remap_state_dict', 'stage_intermediates', 'token_maps', 'unwrap_state_dict',
+]
+
+# Replaces the scheme and host of every pretrained URL (paths kept): a mirror of the official files.
+WEIGHTS_MIRROR_ENV = 'BACKBONES_WEIGHTS_MIRROR'
+_DOWNLOAD_TIMEOUT_S = 60
+# timm prefers the HF hub for a cfg with hf_hub_id whenever huggingface_hub is installed
+_HAS_HF_HUB = importlib.util.find_spec('huggingface_hub') is not None
+
+# Model classes that compile with torch.jit.script; none yet (timm's ConViT and HaloNet twins script: ours call the
+# kernel dispatcher, which TorchScript cannot compile).
+SCRIPTABLE_FAMILIES = ()
+
+
+def build_model_with_cfg(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:
+    """timm's `build_model_with_cfg`, then the model keeps the `exportable`/`scriptable` layer config given to
+    `timm.create_model` for its lifetime (`layers.bind_layer_config`; timm applies it only while building), and
+    `torch.jit.script` either compiles it (families in `SCRIPTABLE_FAMILIES`) or raises one clear error."""
+    checkpoint = _url_checkpoint(variant, kwargs) if pretrained else None
+    if checkpoint is not None:
+        # timm then loads it through the family's filter exactly as it loads a URL's checkpoint
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, state_dict=checkpoint)
+    model = _timm_build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    if checkpoint is not None:
+        model.pretrained_cfg.pop('state_dict', None)
+    hooks = bind_layer_config(model)
+    # torch.jit.script calls `__prepare_scriptable__` on the module before compiling it
+    model.__prepare_scriptable__ = functools.partial(_prepare_scriptable, model, hooks)
+    return model
+
+
+class WeightsDownloadError(RuntimeError):
+    """Pretrained weights could not be downloaded intact; nothing was cached."""
+
+
+def pretrained_file_name(url: Union[str, Tuple[str, str]]) -> str:
+    """The cache file name of a pretrained cfg's `url`: the given name of a `(url, file_name)` pair (for URLs whose
+    last path segment is shared, such as OneDrive's `.../root/content`), else the URL's last path segment."""
+    if isinstance(url, (tuple, list)):
+        return url[1]
+    return os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def hf_hub_weights(url: str) -> Dict[str, str]:
+    """`hf_hub_id` and `hf_hub_filename` of official weights published on the Hugging Face hub, from their
+    `https://huggingface.co/<org>/<repo>/resolve/main/<file>` URL (timm prefers the hub when it can reach it)."""
+    match = re.fullmatch(r'https://huggingface\.co/([^/]+/[^/]+)/resolve/main/(.+)', url)
+    if match is None:
+        raise ValueError(f'{url} is not a Hugging Face hub file URL (.../<org>/<repo>/resolve/main/<file>)')
+    return dict(hf_hub_id=match.group(1), hf_hub_filename=match.group(2))
+
+
+def _url_checkpoint(variant: str, kwargs: Dict[str, Any]) -> Optional[Dict]:
+    """The checkpoint of a pretrained cfg that timm would download from its `url`, loaded by us (own cache file per
+    tag, hash and length checks); None when timm loads from elsewhere (file, state dict, HF hub, local dir)."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                 pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    if cfg.source or cfg.state_dict or cfg.file or not cfg.url or (cfg.hf_hub_id and _HAS_HF_HUB):
+        return None
+    return load_url_checkpoint(cfg.url)
+
+
+def load_url_checkpoint(url: Union[str, Tuple[str, str]], progress: bool = False) -> Dict:
+    """Load a checkpoint from `url` (or a `(url, file_name)` pair) through torch.hub's cache directory.
+
+    The file is cached as `pretrained_file_name(url)`, and only once it is complete: its length equals the
+    server's Content-Length, its sha256 starts with the hash in the file name where the name has one (torch.hub's
+    `name-<sha256 prefix>.ext`), and it loads. Otherwise `WeightsDownloadError` names the problem and nothing is
+    cached. `$BACKBONES_WEIGHTS_MIRROR` (e.g. `http://mirror.local:8000`) replaces the URL's scheme and host.
+    """
+    file_name = pretrained_file_name(url)
+    url = url[0] if isinstance(url, (tuple, list)) else url
+    mirror = os.environ.get(WEIGHTS_MIRROR_ENV)
+    if mirror:
+        parts = urllib.parse.urlparse(url)
+        url = mirror.rstrip('/') + urllib.parse.urlunparse(parts._replace(scheme='', netloc=''))
+    cache_dir = os.path.join(torch.hub.get_dir(), 'checkpoints')
+    path = os.path.join(cache_dir, file_name)
+    if not os.path.isfile(path):
+        os.makedirs(cache_dir, exist_ok=True)
+        _download(url, path, progress)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        os.remove(path)
+        raise WeightsDownloadError(f'Cached weights {path} (from {url}) do not load ({type(e).__name__}: {e}); '
+                                   f'the file was removed, loading again downloads it anew') from e
+
+
+def _download(url: str, path: str, progress: bool) -> None:
+    partial = f'{path}.{uuid.uuid4().hex}.partial'
+    match = torch.hub.HASH_REGEX.search(os.path.basename(path))
+    hash_prefix = match.group(1) if match else None
+    sha256, received = hashlib.sha256(), 0
+    try:
+        request = urllib.request.Request(url, headers={'User-Agent': 'backbone-zoo'})
+        with urllib.request.urlopen(request, timeout=_DOWNLOAD_TIMEOUT_S) as response, open(partial, 'wb') as f:
+            expected = response.headers.get('Content-Length')
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                sha256.update(chunk)
+                received += len(chunk)
+        if expected is not None and received != int(expected):
+            raise WeightsDownloadError(f'Download of {url} was truncated: received {received} of {expected} bytes; '
+                                       f'nothing was cached, try again')
+        if hash_prefix and not sha256.hexdigest().startswith(hash_prefix):
+            raise WeightsDownloadError(f'Download of {url} has sha256 {sha256.hexdigest()[:16]}..., not the published '
+                                       f'{hash_prefix} of {os.path.basename(path)}; nothing was cached')
+        # torch.load checks the file before it enters the cache (a server may send no Content-Length)
+        torch.load(partial, map_location='cpu', weights_only=True)
+        os.replace(partial, path)
+    except WeightsDownloadError:
+        raise
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        raise WeightsDownloadError(f'Cannot download {url}: {e}; nothing was cached') from e
+    except Exception as e:
+        raise WeightsDownloadError(f'Download of {url} is not a loadable checkpoint ({type(e).__name__}: {e}); '
+                                   f'nothing was cached, try again') from e
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def _prepare_scriptable(model: nn.Module, hooks) -> nn.Module:
+    name = type(model).__name__
+    if name not in SCRIPTABLE_FAMILIES:
+        raise RuntimeError(
+            f'{name} does not support TorchScript (torch.jit.script): its forward uses Python features that '
+            f'TorchScript cannot compile (the kernel dispatcher picks operator implementations at call time); '
+            f'export it with torch.export.export(model, (x,)) or torch.onnx.export(model, (x,), dynamo=True) instead')
+    for hook in hooks:  # Python hooks do not compile; the scripted forward runs the scriptable forms anyway
+        hook.remove()
+    del model.__prepare_scriptable__
+    return model
 
 Replacement = Union[str, Callable[[re.Match], str]]
 

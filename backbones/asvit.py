@@ -56,14 +56,15 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, to_2tuple, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from layers import (
     AdaptiveThreshold, attention_with_cls_score, gather_tokens, select_tokens_batch_topk, set_module_kernel_impl)
-from layers import select_tokens_per_image
+from layers import is_capturing_graph, select_tokens_per_image, traceable_only
 from ._helpers import (
-    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages, remap_state_dict,
-    resample_pos_embed, token_maps, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights,
+    prune_stages, remap_state_dict, resample_pos_embed, token_maps, unwrap_state_dict,
+)
 
 __all__ = ['AdaptiveSparseViT']
 
@@ -377,6 +378,7 @@ class AdaptiveSparseViT(nn.Module):
         position = None  # (B, K): grid index of each current patch token; N marks padding
         grid = x[:, 1:] if take else None  # full-grid buffer: a pruned token keeps its last value
         intermediates = []
+        export_form = not training and self.prune_mode == 'per_image' and traceable_only()
         if training:
             policy = x.new_ones(B, N + 1)
             flops = self._patch_embed_flops() + x.new_zeros(B)
@@ -386,11 +388,21 @@ class AdaptiveSparseViT(nn.Module):
                 threshold = self.token_pruners[stage].keep_threshold
                 if training:
                     policy = torch.cat([policy[:, :1], self.token_pruners[stage](score)], dim=1)
+                elif export_form:
+                    # Export form: the same pruning as a key mask over the full token set (the score of a masked
+                    # token is -inf, so pruning stays cumulative); pruned tokens are still computed but no kept token
+                    # sees them. Shapes no longer depend on the data, so the graph traces exactly.
+                    alive = score > threshold
+                    key_mask = torch.cat([alive.new_ones(B, 1), alive], dim=1)
                 else:
                     if self.prune_mode == 'per_image':
                         index, valid = select_tokens_per_image(score, threshold)
                         key_mask = torch.cat([valid.new_ones(B, 1), valid], dim=1)
                     else:
+                        if is_capturing_graph():
+                            raise RuntimeError(
+                                "AS-ViT prune_mode='batch_topk' cannot be exported: its token count depends on the "
+                                "whole batch's scores; export with prune_mode='per_image' (the default) or 'none'")
                         index, valid = select_tokens_batch_topk(score, threshold), None
                     x = torch.cat([x[:, :1], gather_tokens(x[:, 1:], index)], dim=1)
                     if track:
@@ -410,7 +422,9 @@ class AdaptiveSparseViT(nn.Module):
                 flops = flops + blk.flops(policy.sum(dim=1))
             if i in take:
                 tokens = self.norm(x) if norm else x
-                if position is None:
+                if export_form and key_mask is not None:  # a pruned token keeps its last value
+                    grid = torch.where(key_mask[:, 1:, None], tokens[:, 1:], grid)
+                elif position is None:
                     grid = tokens[:, 1:]
                 else:
                     grid = torch.cat([grid, grid.new_zeros(B, 1, grid.shape[-1])], dim=1)
@@ -422,7 +436,9 @@ class AdaptiveSparseViT(nn.Module):
         if key_mask is not None and x.shape[1] > 1:
             # Padding rows become copies of the image's first kept patch token (its class token if it kept none),
             # so that per-token maxima (LV-ViT's aux head) and any later token reduction see only real tokens.
-            has_tokens = key_mask[:, 1:2].to(torch.long)
+            # (the first kept patch token sits at index 1, or in the export form at the first unmasked position)
+            has_tokens = key_mask[:, 1:].to(torch.uint8).argmax(dim=1, keepdim=True) + 1
+            has_tokens = has_tokens.masked_fill(~key_mask[:, 1:].any(dim=1, keepdim=True), 0)
             fill = torch.arange(x.shape[1], device=x.device).expand(B, -1)
             fill = torch.where(key_mask, fill, has_tokens.expand_as(fill))
             x = gather_tokens(x, fill)

@@ -53,11 +53,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
 from layers import BiLevelRoutingAttention, GLOBAL_IMPLS, set_module_kernel_impl, softmax_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, prune_stages, remap_state_dict,
+    stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['BiFormer']
 
@@ -443,13 +445,18 @@ def _cfg(url: str = '', **kwargs) -> dict:
     }
 
 
-_ONEDRIVE = 'https://api.onedrive.com/v1.0/shares'
+def _onedrive(share_id: str, tag: str) -> Tuple[str, str]:
+    # every OneDrive API URL ends in /root/content: name the cache file after the tag, or all five would share one
+    return f'https://api.onedrive.com/v1.0/shares/{share_id}/root/content', f'{tag}.pth'
+
+
 default_cfgs = generate_default_cfgs({
-    'biformer_tiny.in1k': _cfg(url=f'{_ONEDRIVE}/s!AkBbczdRlZvChHEOoGkgwgQzEDlM/root/content'),
-    'biformer_small.in1k': _cfg(url=f'{_ONEDRIVE}/s!AkBbczdRlZvChHDyM-x9KWRBZ832/root/content'),
-    'biformer_base.in1k': _cfg(url=f'{_ONEDRIVE}/s!AkBbczdRlZvChHI_XPhoadjaNxtO/root/content'),
-    'biformer_stl.in1k': _cfg(url=f'{_ONEDRIVE}/s!AkBbczdRlZvChSf-m7ujkvx9lIQ1/root/content', first_conv='stem.conv'),
-    'biformer_stl_nchw.in1k': _cfg(url=f'{_ONEDRIVE}/s!AkBbczdRlZvChWYrKbWbMgqd2Ai0/root/content',
+    'biformer_tiny.in1k': _cfg(url=_onedrive('s!AkBbczdRlZvChHEOoGkgwgQzEDlM', 'biformer_tiny.in1k')),
+    'biformer_small.in1k': _cfg(url=_onedrive('s!AkBbczdRlZvChHDyM-x9KWRBZ832', 'biformer_small.in1k')),
+    'biformer_base.in1k': _cfg(url=_onedrive('s!AkBbczdRlZvChHI_XPhoadjaNxtO', 'biformer_base.in1k')),
+    'biformer_stl.in1k': _cfg(url=_onedrive('s!AkBbczdRlZvChSf-m7ujkvx9lIQ1', 'biformer_stl.in1k'),
+                              first_conv='stem.conv'),
+    'biformer_stl_nchw.in1k': _cfg(url=_onedrive('s!AkBbczdRlZvChWYrKbWbMgqd2Ai0', 'biformer_stl_nchw.in1k'),
                                    first_conv='stem.conv', min_input_size=(3, 112, 112)),
 })
 

@@ -65,12 +65,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from layers import dependency_mask, gather_tokens, reversed_attention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages,
-    resample_pos_embed, token_maps, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights,
+    prune_stages, resample_pos_embed, token_maps, unwrap_state_dict,
+)
 
 __all__ = ['DependencyViT']
 

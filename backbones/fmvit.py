@@ -52,12 +52,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, get_act_layer, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
 from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, set_module_kernel_impl
 from ._helpers import (
-    CheckpointMismatchError, check_input_size, check_state_dict_keys, prune_stages, stage_intermediates,
-    unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, CheckpointMismatchError, prune_stages,
+    stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['FMViT']
 

@@ -44,11 +44,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, make_divisible, to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, LayerFn, create_shortcut, interleave_blocks
 
 from layers import HaloAttention, set_module_kernel_impl
-from ._helpers import check_input_size, check_state_dict_keys, unwrap_state_dict
+from ._helpers import (
+    build_model_with_cfg, check_input_size, check_state_dict_keys, unwrap_state_dict,
+)
 
 __all__ = ['HaloNet', 'ValueExpandedSelfAttnBlock']
 

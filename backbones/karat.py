@@ -52,13 +52,14 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.vision_transformer import Attention
 
 from layers import FourierKArAt, KArAtAttention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights, prune_stages, token_maps,
-    unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, init_vit_weights,
+    prune_stages, token_maps, unwrap_state_dict,
+)
 
 __all__ = ['KArAtViT']
 

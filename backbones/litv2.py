@@ -48,11 +48,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
 from layers import DeformTokenMerge, HiLoAttention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, feature_take_indices, prune_stages, remap_state_dict, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, prune_stages,
+    remap_state_dict, unwrap_state_dict,
+)
 
 __all__ = ['LITv2']
 

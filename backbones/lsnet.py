@@ -46,11 +46,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, SqueezeExcite
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from layers import ConvNorm, LSConv, NormLinear, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, hf_hub_weights, prune_stages, remap_state_dict,
+    stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['LSNet']
 
@@ -327,7 +329,8 @@ def _create_lsnet(variant: str, pretrained: bool = False, **kwargs) -> LSNet:
 
 def _cfg(url: str = '', **kwargs) -> dict:
     return {
-        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (4, 4),
+        'url': url, **(hf_hub_weights(url) if url else {}),
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (4, 4),
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stem.0.conv', 'classifier': 'head.fc', 'license': 'unknown',
         'paper_ids': 'arXiv:2503.23135', 'paper_name': 'LSNet: See Large, Focus Small',

@@ -39,11 +39,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, LayerScale2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
 from layers import linear_attention, rope_2d, set_module_kernel_impl, softmax_attention
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, prune_stages, remap_state_dict,
+    stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['MAViT']
 

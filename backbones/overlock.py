@@ -60,11 +60,13 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from layers import ContMix, dilated_dwconv2d, folded_bn, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, feature_take_indices, remap_state_dict, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, remap_state_dict,
+    unwrap_state_dict,
+)
 
 __all__ = ['OverLoCK']
 

@@ -37,11 +37,13 @@ from torch import nn
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, DropPath, LayerNorm2d, LayerScale2d, get_act_layer, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, named_apply, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, register_model
 
 from layers import LargeKernelAttention, set_module_kernel_impl
 from ._helpers import (
-    check_input_size, check_state_dict_keys, prune_stages, remap_state_dict, stage_intermediates, unwrap_state_dict)
+    build_model_with_cfg, check_input_size, check_state_dict_keys, hf_hub_weights, prune_stages, remap_state_dict,
+    stage_intermediates, unwrap_state_dict,
+)
 
 __all__ = ['VAN']
 
@@ -328,7 +330,8 @@ def _create_van(variant: str, pretrained: bool = False, **kwargs) -> VAN:
 
 def _cfg(url: str = '', **kwargs) -> dict:
     return {
-        'url': url, 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'url': url, **(hf_hub_weights(url) if url else {}),
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.9, 'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'stages.0.downsample.proj', 'classifier': 'head.fc',
         'license': 'apache-2.0', 'paper_ids': 'arXiv:2202.09741', 'paper_name': 'Visual Attention Network',

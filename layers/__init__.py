@@ -6,8 +6,9 @@ implementation), the modules built on them and the few helpers the models share.
 `from layers.gpsa import gated_positional_attention_reference`.
 """
 from .config import (
-    GLOBAL_IMPLS, KernelUnavailableError, NotPreferred, get_kernel_impl, kernel_impl, resolve_impl, set_kernel_impl,
-    set_module_kernel_impl, usable_impls,
+    GLOBAL_IMPLS, KernelUnavailableError, NotPreferred, bind_layer_config, export_friendly, get_kernel_impl,
+    is_capturing_graph, kernel_impl, resolve_impl, set_kernel_impl, set_module_kernel_impl, traceable_only, untraceable,
+    usable_impls,
 )
 from .attention import softmax_attention
 from .conv_norm import ConvNorm, NormLinear, folded_bn
@@ -31,8 +32,9 @@ from .token_prune import (
 
 __all__ = [
     # dispatcher API
-    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl', 'set_module_kernel_impl', 'usable_impls',
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'bind_layer_config', 'export_friendly', 'fvcore_handles',
+    'get_kernel_impl', 'is_capturing_graph', 'kernel_impl', 'resolve_impl', 'set_kernel_impl', 'set_module_kernel_impl',
+    'traceable_only', 'untraceable', 'usable_impls',
     # operators
     'attention_with_cls_score', 'blocked_attention', 'contmix', 'deform_conv2d', 'dilated_dwconv2d',
     'fourier_kan_attention', 'gated_positional_attention', 'halo_attention', 'halo_attention_core', 'hilo_attention',
@@ -47,3 +49,10 @@ __all__ = [
     'dependency_mask', 'folded_bn', 'gather_tokens', 'rope_2d', 'select_tokens_batch_topk',
     'select_tokens_per_image',
 ]
+
+
+def fvcore_handles():
+    """fvcore's `{op_name: handle}` for SDPA and our ops: `FlopCountAnalysis(model, x).set_op_handle(**handles)`
+    then counts what benchmark.py counts (see layers.flops; imported on first use, fvcore is heavy)."""
+    from .flops import fvcore_handles as _handles
+    return _handles()

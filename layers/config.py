@@ -14,18 +14,29 @@ one or more fast ones. Which one runs is decided, in order, by:
 The process-wide setting is `'auto'`, `'reference'`, or `'flops'`: the implementation whose traced ops count
 the operator's intrinsic work (the reference, unless the reference is a deliberately naive definition, as the
 quadratic form of linear attention is; benchmark.py counts FLOPs under it). A named implementation that cannot run raises
-`KernelUnavailableError` with every reason; it never silently falls back. Under timm's `exportable` or
-`scriptable` layer config, `'auto'` resolves to the reference, which is export-friendly.
+`KernelUnavailableError` with every reason; it never silently falls back.
+
+A plain `torch.jit.trace` (not an ONNX export) is what fvcore's `FlopCountAnalysis` and other jit-based counters run:
+there 'auto' means 'flops', so that they count what benchmark.py counts (`layers.fvcore_handles()`).
+
+Tracing and export: while a graph is captured (`torch.jit.trace`, the TorchScript-based `torch.onnx.export`,
+`torch.export.export` and the dynamo-based ONNX exporter built on it), and for a model built under timm's
+`exportable` or `scriptable` layer config, 'auto' passes over the implementations marked `untraceable` (their
+captured graph would not compute the same thing for other inputs); every other implementation traces exactly.
+timm sets `exportable`/`scriptable` only while a model is built; `bind_layer_config` records them on the model
+so that they hold whenever it runs.
 """
 import contextlib
 import os
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+import torch
 from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
-    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'get_kernel_impl', 'kernel_impl', 'resolve_impl',
-    'set_kernel_impl', 'set_module_kernel_impl', 'usable_impls',
+    'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'bind_layer_config', 'export_friendly',
+    'get_kernel_impl', 'is_capturing_graph', 'kernel_impl', 'resolve_impl', 'set_kernel_impl', 'set_module_kernel_impl',
+    'traceable_only', 'untraceable', 'usable_impls',
 ]
 
 GLOBAL_IMPLS = ('auto', 'reference', 'flops')
@@ -91,6 +102,66 @@ def set_module_kernel_impl(module: 'torch.nn.Module', impl: Optional[str]) -> 't
     return module
 
 
+_export_friendly_depth = 0
+
+
+def is_capturing_graph() -> bool:
+    """True while torch.jit.trace, torch.onnx.export or torch.export runs the model to capture its graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+@contextlib.contextmanager
+def export_friendly(enable: bool = True) -> Iterator[None]:
+    """Context manager: 'auto' picks only implementations that trace exactly, as it does while exporting."""
+    global _export_friendly_depth
+    _export_friendly_depth += int(enable)
+    try:
+        yield
+    finally:
+        _export_friendly_depth -= int(enable)
+
+
+def traceable_only() -> bool:
+    """True while 'auto' picks only implementations that trace exactly (graph capture, or an exportable model runs)."""
+    return _export_friendly_depth > 0 or is_exportable() or is_scriptable() or is_capturing_graph()
+
+
+def untraceable(reason: str) -> Callable[[Callable], Callable]:
+    """Mark an implementation whose captured graph would not hold for other inputs (data-dependent Python
+    control flow or sizes); 'auto' skips it while exporting, naming it there raises `KernelUnavailableError`."""
+    def mark(fn: Callable) -> Callable:
+        fn.untraceable_reason = reason
+        return fn
+    return mark
+
+
+def _enter_layer_config(module: torch.nn.Module, args) -> None:
+    global _export_friendly_depth
+    if module.exportable or module.scriptable:
+        _export_friendly_depth += 1
+        module._layer_config_entered = getattr(module, '_layer_config_entered', 0) + 1
+
+
+def _exit_layer_config(module: torch.nn.Module, args, output) -> None:
+    global _export_friendly_depth
+    if getattr(module, '_layer_config_entered', 0):
+        module._layer_config_entered -= 1
+        _export_friendly_depth -= 1
+
+
+def bind_layer_config(model: torch.nn.Module) -> List[torch.utils.hooks.RemovableHandle]:
+    """Record timm's `exportable`/`scriptable` layer config in force now (at build) as `model.exportable` and
+    `model.scriptable`, read whenever the model runs: while either is set, 'auto' picks only implementations that
+    trace exactly, as it does during export. Both attributes may be changed later.
+
+    Returns the handles of the two forward hooks that apply them (TorchScript cannot compile Python hooks: a model
+    that scripts removes them first).
+    """
+    model.exportable, model.scriptable = is_exportable(), is_scriptable()
+    return [model.register_forward_pre_hook(_enter_layer_config),
+            model.register_forward_hook(_exit_layer_config, always_call=True)]
+
+
 def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flops_impl: str = 'reference',
                  **kwargs) -> Callable:
     """Pick the implementation of `op_name` to run on these inputs.
@@ -106,14 +177,18 @@ def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flo
         The implementation function.
     """
     name = get_kernel_impl() if impl is None else impl
+    if name == 'auto' and torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        # a plain torch.jit.trace is what fvcore and other jit-based FLOP counters run: they count the 'flops' kernels
+        name = 'flops'
     if name == 'flops':
         name = flops_impl
     if name == 'auto':
-        if is_exportable() or is_scriptable():
-            return impls['reference'][0]
+        export_mode = traceable_only()
         reasons = []
         for candidate, (fn, can_use) in impls.items():
-            reason = None if can_use is None else can_use(*args, **kwargs)
+            reason = getattr(fn, 'untraceable_reason', None) if export_mode else None
+            if reason is None and can_use is not None:
+                reason = can_use(*args, **kwargs)
             if reason is None:
                 return fn
             reasons.append(f'{candidate}: {reason}')
@@ -121,7 +196,9 @@ def resolve_impl(op_name: str, impls: ImplTable, impl: Optional[str], *args, flo
     if name not in impls:
         raise ValueError(f'Unknown implementation {name!r} for {op_name}; available: {list(impls)} or "auto".')
     fn, can_use = impls[name]
-    reason = None if can_use is None else can_use(*args, **kwargs)
+    reason = getattr(fn, 'untraceable_reason', None) if is_capturing_graph() else None
+    if reason is None and can_use is not None:
+        reason = can_use(*args, **kwargs)
     if reason is not None and not isinstance(reason, NotPreferred):
         raise KernelUnavailableError(f'{op_name} implementation {name!r} cannot run on these inputs because: {reason}')
     return fn

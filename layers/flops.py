@@ -7,7 +7,9 @@ traceable and their einsum/matmul/conv nodes count exactly the useful work, whil
 either hide in one node or do not trace at all.
 
 `FLOP_HANDLES` maps a traced op name to a handle `(inputs, outputs) -> macs`; an operator registered as a
-custom op (`zoo::<name>`) adds its handle here.
+custom op (`zoo::<name>`) adds its handle here. `fvcore_handles()` hands them to a user's own fvcore analysis:
+`FlopCountAnalysis(model, x).set_op_handle(**fvcore_handles()).total()` equals benchmark.py's count, because a plain
+jit trace (fvcore's) runs the 'flops' kernels whatever the process-wide setting (layers.config).
 """
 import warnings
 from collections import Counter
@@ -21,7 +23,7 @@ with warnings.catch_warnings():
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import get_shape
 
-__all__ = ['FLOP_HANDLES', 'flop_count', 'sdpa_flop_jit']
+__all__ = ['FLOP_HANDLES', 'flop_count', 'fvcore_handles', 'sdpa_flop_jit']
 
 
 def sdpa_flop_jit(inputs, outputs) -> int:
@@ -35,6 +37,12 @@ FLOP_HANDLES: Dict[str, Callable] = {
 }
 
 
+def fvcore_handles() -> Dict[str, Callable]:
+    """fvcore op handles for the ops it skips (SDPA) or that are ours: `{op_name: handle}`, to pass as
+    `FlopCountAnalysis(model, inputs).set_op_handle(**fvcore_handles())`."""
+    return dict(FLOP_HANDLES)
+
+
 def flop_count(model: torch.nn.Module, inputs) -> Tuple[int, Dict[str, int], Dict[str, int]]:
     """Count MACs of `model(*inputs)` with fvcore and our handles.
 
@@ -44,9 +52,7 @@ def flop_count(model: torch.nn.Module, inputs) -> Tuple[int, Dict[str, int], Dic
     """
     if not isinstance(inputs, tuple):
         inputs = (inputs,)
-    analysis = FlopCountAnalysis(model, inputs)
-    for name, handle in FLOP_HANDLES.items():
-        analysis.set_op_handle(name, handle)
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle(**fvcore_handles())
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings('none')

@@ -325,7 +325,7 @@ class HaloAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         b, bq = self.block_size, self.block_size_ds
-        nh, nw = -(-H // b), -(-W // b)
+        nh, nw = (H + b - 1) // b, (W + b - 1) // b  # ceil; not -(-H // b), which ONNX exports as truncation
         q = self.q(x)
         out_h, out_w = q.shape[-2:]
         if out_h != nh * bq or out_w != nw * bq:

@@ -72,7 +72,7 @@ def dilated_dwconv2d_subgrid(
     _check_dwconv_args(x, weight)
     d = dilation
     B, C, H, W = x.shape
-    Hf, Wf = -(-H // d), -(-W // d)
+    Hf, Wf = (H + d - 1) // d, (W + d - 1) // d  # ceil; not -(-H // d), which ONNX exports as truncation
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     x = F.pad(x, (0, Wf * d - W, 0, Hf * d - H))
     # (B, C, Hf, d, Wf, d) -> (B, d, d, C, Hf, Wf): sub-grid (i, j) holds x[..., i::d, j::d]

@@ -170,7 +170,7 @@ def _axis_tiles(length: int, kernel: int, tile: int, device: torch.device):
     column of every (tile, local query, tap) (nt, T, K), and for every position its flat (tile, local) index."""
     tile = min(tile, length)
     region = min(length, tile + kernel - 1)
-    n_tiles = -(-length // tile)
+    n_tiles = (length + tile - 1) // tile  # ceil; not -(-length // tile), which ONNX exports as truncation
     start = na_window_start(length, kernel, 1)
     q0 = [min(t * tile, length - tile) for t in range(n_tiles)]
     r0 = [min(start[q], length - region) for q in q0]

@@ -87,8 +87,14 @@ def rep_conv2d_merged(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: 
     return F.conv2d(x, kernel, bias, stride=stride, padding=kernel.shape[-1] // 2, groups=merged_groups)
 
 
+def _can_use_merged(x, weights, biases, groups, stride: int = 1) -> Optional[str]:
+    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+        return 'the TorchScript-based ONNX exporter cannot export a conv whose kernel is computed in the graph'
+    return None
+
+
 _IMPLS: ImplTable = {
-    'merged': (rep_conv2d_merged, None),
+    'merged': (rep_conv2d_merged, _can_use_merged),
     'reference': (rep_conv2d_reference, None),
 }
 

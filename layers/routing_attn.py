@@ -156,7 +156,8 @@ def routed_attention_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t
     idx = _check_and_route(q, k, v, topk, num_heads, scale, route_scale, region_sizes)
     N, P, w2, cq = q.shape
     cv = v.shape[-1]
-    routed = torch.zeros(N, P, P, dtype=torch.bool, device=q.device).scatter_(2, idx, True)
+    # a one-hot comparison rather than scatter_: the TorchScript-based ONNX exporter and fvcore trace it exactly
+    routed = (idx[..., None] == torch.arange(P, device=q.device)).any(dim=2)  # (N, P, P)
     mask = routed[:, None, :, None, :, None].expand(N, 1, P, w2, P, w2).reshape(N, 1, P * w2, P * w2)
     q, k, v = (t.reshape(N, P * w2, num_heads, t.shape[-1] // num_heads).transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (N, h, P w2, dv)
