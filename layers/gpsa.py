@@ -12,20 +12,20 @@ Implementations:
 - `sdpa`: (1 - s) * scaled_dot_product_attention(q, k, v) + s * (softmax(P) @ v): the content attention is fused
   and the positional matrix is computed once per forward for the whole batch.
 """
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._shape_cache import shape_cache
 from .config import ImplTable, resolve_impl
 
 __all__ = ['GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
            'gated_positional_attention_sdpa', 'relative_offsets_2d']
 
 
-@lru_cache(maxsize=16)
+@shape_cache(maxsize=16)
 def _offsets(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     rows, cols = rows.flatten(), cols.flatten()

@@ -20,18 +20,18 @@ Softmax attention with the same rotary embedding (MALA's stages 3-4) is `layers.
 d / 2 channels rotate with the row index, the last d / 2 with the column index; channel pairs (2i, 2i + 1)
 rotate together: R x = x * cos + (-x_{2i+1}, x_{2i}) * sin.
 """
-from functools import lru_cache
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ._shape_cache import shape_cache
 from .config import ImplTable, resolve_impl
 
 __all__ = ['apply_rope', 'linear_attention', 'linear_attention_linear', 'linear_attention_reference', 'rope_2d']
 
 
-@lru_cache(maxsize=64)
+@shape_cache(maxsize=64)
 def _rope_tables(h: int, w: int, head_dim: int, base: float, device: torch.device, dtype: torch.dtype):
     # NOTE: angles rounded to float32, as the official model stores them in a float32 buffer at construction
     angle = (1.0 / (base ** torch.linspace(0, 1, head_dim // 4))).double().repeat_interleave(2)

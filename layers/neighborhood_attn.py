@@ -28,7 +28,6 @@ Implementations:
   dense matmul doing almost only useful work.
 - `natten` (`na2d_av` only): NATTEN's own unfused op, when a NATTEN <= 0.17 with `na2d_av` is installed.
 """
-from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from timm.layers import trunc_normal_
 
+from ._shape_cache import shape_cache
 from .config import ImplTable, resolve_impl
 
 try:
@@ -84,7 +84,7 @@ def _check_args(op: str, height: int, width: int, kernel_size: IntPair, dilation
     return kh, kw, dh, dw
 
 
-@lru_cache(maxsize=256)
+@shape_cache(maxsize=256)
 def _window_tables(height: int, width: int, kh: int, kw: int, dh: int, dw: int, device: torch.device):
     """Key index of every (query, tap) per axis, (H, Kh) and (W, Kw), and the rpb index tables of the same shapes."""
     out = []
@@ -164,7 +164,7 @@ def _default_tile(length: int, kernel: int, tile: int) -> int:
     return length if length <= kernel + 8 else tile
 
 
-@lru_cache(maxsize=256)
+@shape_cache(maxsize=256)
 def _axis_tiles(length: int, kernel: int, tile: int, device: torch.device):
     """Tiling of one axis (dilation 1): query positions (nt, T), region key positions (nt, R), the local key
     column of every (tile, local query, tap) (nt, T, K), and for every position its flat (tile, local) index."""
@@ -184,7 +184,7 @@ def _axis_tiles(length: int, kernel: int, tile: int, device: torch.device):
     return qpos.to(device), rpos.to(device), cols.to(device), own.to(device), tile, region, n_tiles, whole
 
 
-@lru_cache(maxsize=256)
+@shape_cache(maxsize=256)
 def _dense_index(height: int, width: int, kh: int, kw: int, th: int, tw: int, device: torch.device):
     """Index into each tile's (Th*Tw, Rh*Rw) dense matrix of every (local query, tap), (nth, ntw, Th*Tw*Kh*Kw)."""
     _, _, cols_h, _, th, rh, nth, _ = _axis_tiles(height, kh, th, device)

@@ -178,3 +178,25 @@ def test_every_operator_file_has_specs_and_benchmark_cases():
     specs = {p.stem for p in (root / 'tests' / 'op_specs').glob('[!_]*.py')}
     cases = {p.stem for p in (root / 'engine' / 'op_cases').glob('[!_]*.py')}
     assert operators and specs == operators and cases == operators, (operators ^ specs, operators ^ cases)
+
+
+def test_shape_tables_built_under_inference_mode_still_train():
+    """Shape-only tables are cached; one first built under torch.inference_mode() must not be an inference tensor,
+    or a later training forward could not save it for backward (GPSA offsets, RoPE tables, NA index tables)."""
+    from layers.gpsa import relative_offsets_2d
+    from layers.linear_attn import rope_2d
+    from layers.neighborhood_attn import _dense_index, _window_tables
+    with torch.inference_mode():
+        tables = [relative_offsets_2d(5, 7), *rope_2d(3, 5, 8), *_window_tables(9, 11, 3, 5, 1, 1, torch.device('cpu')),
+                  _dense_index(9, 11, 3, 5, 4, 4, torch.device('cpu'))]
+    flat = []
+    while tables:
+        t = tables.pop()
+        if isinstance(t, (tuple, list)):
+            tables.extend(t)
+        elif isinstance(t, torch.Tensor):
+            flat.append(t)
+    assert len(flat) >= 5 and not any(t.is_inference() for t in flat)
+    weight = torch.ones(3, requires_grad=True)
+    (relative_offsets_2d(5, 7) * weight).sum().backward()
+    assert weight.grad is not None
