@@ -1,4 +1,4 @@
-"""timm's own tools and hub formats with our models: the `backbones.timm_run` runner and save_for_hf/local-dir."""
+"""timm's own tools and hub formats with our models: the `engine.timm_run` runner and save_for_hf/local-dir."""
 import subprocess
 import sys
 import textwrap
@@ -40,13 +40,13 @@ def test_timm_script_without_the_runner_does_not_know_our_models(tmp_path):
 def test_timm_run_runs_a_timm_style_script_with_our_models(tmp_path):
     script = tmp_path / 'validate_like.py'
     script.write_text(_VALIDATE_LIKE)
-    result = _run('-m', 'backbones.timm_run', str(script), '--model', 'van_b0', cwd=REPO)
+    result = _run('-m', 'engine.timm_run', str(script), '--model', 'van_b0', cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'van_b0 (1, 1000) True'
 
 
 def test_timm_run_names_a_missing_script(tmp_path):
-    result = _run('-m', 'backbones.timm_run', str(tmp_path / 'validate.py'), cwd=REPO)
+    result = _run('-m', 'engine.timm_run', str(tmp_path / 'validate.py'), cwd=REPO)
     assert result.returncode != 0 and 'no script at' in result.stderr and 'pytorch-image-models' in result.stderr
 
 

@@ -3,8 +3,8 @@
 timm has no plugin entry point: a script only knows the models registered when it runs, and ours register on
 `import backbones`. This runner imports `backbones`, then runs the script as `__main__` with the remaining arguments:
 
-    python -m backbones.timm_run path/to/pytorch-image-models/validate.py --model van_b0 --data-dir ...
-    python -m backbones.timm_run some.module --model van_b0 ...   # a module on sys.path instead of a file
+    python -m engine.timm_run path/to/pytorch-image-models/validate.py --model van_b0 --data-dir ...
+    python -m engine.timm_run some.module --model van_b0 ...   # a module on sys.path instead of a file
 """
 import os
 import runpy
@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     target, args = argv[0], argv[1:]
     is_file = target.endswith('.py') or os.sep in target
     if is_file and not os.path.isfile(target):
-        raise SystemExit(f'backbones.timm_run: no script at {target!r} (timm\'s scripts live in a checkout of '
+        raise SystemExit(f'engine.timm_run: no script at {target!r} (timm\'s scripts live in a checkout of '
                          f'pytorch-image-models, not in the installed package)')
     sys.argv = [target, *args]
     if is_file:
