@@ -2,6 +2,7 @@
 import math
 import os
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 import timm
@@ -69,3 +70,14 @@ def input_size_for(model, target: int):
 
 def ceil_div(a: int, b: int) -> int:
     return math.ceil(a / b)
+
+
+def is_png(path) -> bool:
+    """A complete, decodable PNG file (what the scripts' plots must write)."""
+    from PIL import Image
+    path = Path(path)
+    if not path.is_file() or path.read_bytes()[:8] != b'\x89PNG\r\n\x1a\n':
+        return False
+    with Image.open(path) as image:
+        image.verify()
+    return True

@@ -13,18 +13,10 @@ from PIL import Image
 
 import layers.routing_attn
 from engine.plots import model_structure, plot_prediction
+from conftest import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP5 = [dict(index=i, label=f'class {i}', probability=p) for i, p in enumerate((0.4, 0.3, 0.15, 0.1, 0.05))]
-
-
-def _is_png(path) -> bool:
-    path = Path(path)
-    if not path.is_file() or path.read_bytes()[:8] != b'\x89PNG\r\n\x1a\n':
-        return False
-    with Image.open(path) as image:
-        image.verify()
-    return True
 
 
 def _image(model):
@@ -59,7 +51,7 @@ def test_asvit_kept_tokens_are_the_forward_selection(tmp_path):
     assert torch.equal(masks[0], scores['first'][0] > first_threshold)
     assert all(bool((later <= earlier).all()) for earlier, later in zip(masks, masks[1:]))  # pruned stays pruned
     plot_prediction(torch.rand(224, 224, 3), TOP5, tmp_path / 'asvit.png', structure=structure)
-    assert _is_png(tmp_path / 'asvit.png')
+    assert is_png(tmp_path / 'asvit.png')
 
 
 def test_dependencyvit_parents_are_the_dependency_tree(tmp_path):
@@ -71,7 +63,7 @@ def test_dependencyvit_parents_are_the_dependency_tree(tmp_path):
     assert torch.equal(structure['parents'], tree['parents'][-1, 0])
     assert (structure['parents'] == -1).any()  # Lite prunes: pruned tokens have no parent
     plot_prediction(torch.rand(224, 224, 3), TOP5, tmp_path / 'dvit.png', structure=structure)
-    assert _is_png(tmp_path / 'dvit.png')
+    assert is_png(tmp_path / 'dvit.png')
 
 
 def test_biformer_routed_regions_are_the_forward_routing(tmp_path, monkeypatch):
@@ -102,7 +94,7 @@ def test_biformer_routed_regions_are_the_forward_routing(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match='stage 2 has 49 regions'):
         model_structure(model, x, query_region=49, stage=stage)
     plot_prediction(torch.rand(224, 224, 3), TOP5, tmp_path / 'biformer.png', structure=structure)
-    assert _is_png(tmp_path / 'biformer.png')
+    assert is_png(tmp_path / 'biformer.png')
 
 
 def test_eval_plot_cli(tmp_path):
@@ -115,4 +107,4 @@ def test_eval_plot_cli(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     images = json.loads((tmp_path / 'r.json').read_text())['images']
     assert [Path(i['plot']).name for i in images] == ['out-0.png', 'out-1.png']
-    assert all(_is_png(i['plot']) for i in images) and '(parents)' in result.stdout
+    assert all(is_png(i['plot']) for i in images) and '(parents)' in result.stdout

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 import train
 from engine.config import ConfigError, apply_config
 from engine.data import DigitsDataset, export_image_folder
 from engine.runs import RunConflictError, check_same_meaning
+from conftest import is_png
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few seconds per epoch: timm's test_vit at 32x32 on 24 training and 16 validation digits.
@@ -119,15 +119,6 @@ def tiny_root(tmp_path_factory):
     return root
 
 
-def _is_png(path) -> bool:
-    path = Path(path)
-    if not path.is_file() or path.read_bytes()[:8] != b'\x89PNG\r\n\x1a\n':
-        return False
-    with Image.open(path) as image:
-        image.verify()
-    return True
-
-
 def test_run_folder_resume_rules_and_timm_args_yaml(tiny_root, tmp_path):
     config = tmp_path / 'args.yaml'
     config.write_text(TIMM_ARGS_YAML)
@@ -144,7 +135,7 @@ def test_run_folder_resume_rules_and_timm_args_yaml(tiny_root, tmp_path):
         rows = list(csv.DictReader(f))
     assert [r['epoch'] for r in rows] == ['0']
     assert list(rows[0])[:2] == ['epoch', 'train_loss'] and {'eval_top1', 'eval_top5', 'lr'} <= set(rows[0])
-    assert _is_png(run / 'curves.png')
+    assert is_png(run / 'curves.png')
     before = (run / 'last.pth.tar').read_bytes()
 
     # the same run with a changed meaning is refused in one line naming each difference, nothing is touched
