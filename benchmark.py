@@ -20,16 +20,16 @@ import json
 import sys
 
 import torch
-from timm.utils import reparameterize_model
 from tqdm import tqdm
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 import layers
 from engine.profile import (
-    count_flops, count_params, resolve_model_names, sample_photos, time_model, time_ops,
+    count_flops, count_params, gemm_rate, resolve_model_names, sample_photos, time_model, time_ops,
 )
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser
+from engine.deploy import keep_freed_memory, reparameterize, resolve_amp_dtype
 from engine.hooks import calibrate_thresholds
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--iters', '--num-bench-iter', type=int, default=12, help='timed calls per measurement')
     parser.add_argument('--warmup', '--num-warm-iter', type=int, default=3, help='untimed calls first')
     parser.add_argument('--dtype', default='float32', choices=list(_DTYPES), help='autocast dtype for timing')
-    parser.add_argument('--amp', action='store_true', help='time under autocast with --amp-dtype (as --dtype)')
+    parser.add_argument('--amp', action='store_true',
+                        help='time under autocast with --amp-dtype where the device computes it natively (a CPU needs '
+                             'AVX512-BF16 or AMX; elsewhere float32, with a warning); --dtype forces a dtype')
     parser.add_argument('--amp-dtype', default='bfloat16', choices=['float16', 'bfloat16'])
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None)
@@ -72,11 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='time this other architecture (any timm model, its own random weights) interleaved, and '
                              'print the ratio; with --deploy it is re-parameterized too')
     parser.add_argument('--deploy', '--reparam', action='store_true',
-                        help='count and time the deployment form (timm\'s reparameterize_model: fuse() / '
-                             'reparameterize() of every module that has one)')
+                        help='count and time the deployment form (engine.deploy.reparameterize: timm\'s '
+                             'reparameterize_model, then every BatchNorm next to a conv/linear folded into it)')
     parser.add_argument('--compare-fused', action='store_true',
-                        help='models with fuse() modules (BatchNorm folding): time the reparameterize_model '
-                             'copy too, interleaved')
+                        help='also time the deployment structure (engine.deploy.reparameterize: merged branches, '
+                             'BatchNorms folded), interleaved')
     parser.add_argument('--real-images', action='store_true',
                         help='time on real photographs (scikit-learn sample images) instead of noise')
     parser.add_argument('--calibrate', action='store_true',
@@ -116,7 +118,7 @@ def _benchmark_model(name, args, device):
         calibrate_thresholds(model, photos if photos is not None else torch.randn(max(args.batch_sizes), *input_size))
     # comparison copies load the (calibrated) training-form weights, then take the same deployment step as the model
     weights = model.state_dict()
-    deploy = (lambda m: reparameterize_model(m.eval())) if args.deploy else (lambda m: m)
+    deploy = reparameterize if args.deploy else (lambda m: m)
     model = deploy(model)
     base = dict(model=name, params=count_params(model), input_size='x'.join(map(str, input_size)))
     # one bar per model: the FLOP count, then each (mode, batch size) measurement
@@ -157,9 +159,7 @@ def _benchmark_model(name, args, device):
         if args.compare_arch:
             extra['arch'] = deploy(create_model_checked(args.compare_arch).to(device).eval())
         if args.compare_fused:
-            if not any(hasattr(m, 'fuse') for m in model.modules()):
-                raise ValueError(f'{name} has no module with fuse() to compare against')
-            extra['fused'] = reparameterize_model(model.eval())
+            extra['fused'] = reparameterize(model)
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(weights)
@@ -184,6 +184,10 @@ def _benchmark_model(name, args, device):
             other = result['other']
             row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs.items()),
                        other_img_per_s=other['img_per_s'], model_vs_other=row['img_per_s'] / other['img_per_s'])
+        if mode == 'infer' and 'gflops' in base and args.gemm_gflops:
+            achieved = base['gflops'] * row['img_per_s']  # FLOPs of one image at the timed input size
+            row.update(achieved_gflops_per_s=achieved, gemm_gflops_per_s=args.gemm_gflops,
+                       efficiency_pct=100 * achieved / args.gemm_gflops)
         rows.append(row)
         progress.update(1)
     progress.close()
@@ -196,7 +200,9 @@ def main(argv=None) -> int:
     if args.batch_size is not None:
         args.batch_sizes = [args.batch_size]
     if args.amp:
-        args.dtype = args.amp_dtype
+        amp_dtype = resolve_amp_dtype(_DTYPES[args.amp_dtype], args.device)
+        args.dtype = 'float32' if amp_dtype is None else args.amp_dtype
+    keep_freed_memory()
     args.modes = [args.mode]
     if args.bench in ('inference', 'infer', 'train'):
         args.modes = ['train' if args.bench == 'train' else 'infer']
@@ -223,6 +229,9 @@ def main(argv=None) -> int:
         if not args.models and not args.all:
             raise ValueError('name at least one model (or a glob), or use --all or --ops')
         names = resolve_model_names(args.models, args.all)
+        # the efficiency ceiling, measured in this run at this thread count and dtype
+        args.gemm_gflops = None if args.no_timing or args.no_flops or 'infer' not in args.modes \
+            else gemm_rate(device, _DTYPES[args.dtype])
         rows = []
         for name in tqdm(names, desc='models', disable=len(names) < 2, leave=False, dynamic_ncols=True):
             rows += _benchmark_model(name, args, device)
@@ -235,6 +244,9 @@ def main(argv=None) -> int:
             columns += [('batch', lambda r: str(r['batch_size'])), ('ms/batch', lambda r: f'{r["latency_ms"]:.1f}'),
                         ('img/s', lambda r: f'{r["img_per_s"]:.1f}'),
                         ('peak MiB', lambda r: _fmt(r['peak_mem_mib'], '.0f'))]
+            if args.gemm_gflops:
+                columns += [('GFLOP/s', lambda r: _fmt(r.get('achieved_gflops_per_s'), '.1f')),
+                            ('% GEMM', lambda r: _fmt(r.get('efficiency_pct'), '.0f'))]
             if args.compare_impl:
                 columns += [('ref img/s', lambda r: f'{r["ref_img_per_s"]:.1f}'),
                             ('fast/ref', lambda r: f'{r["fast_vs_reference"]:.2f}x')]
@@ -252,7 +264,9 @@ def main(argv=None) -> int:
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]
         print(f'{args.device}, {"+".join(args.modes)}, {args.dtype}, {torch.get_num_threads()} threads'
               + (', deployed (re-parameterized)' if args.deploy else '')
-              + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else ''))
+              + (', channels_last' if args.channels_last else '') + (', compiled' if args.torchcompile else '')
+              + (f'; GEMM rate {args.gemm_gflops:.1f} GFLOP/s ({args.dtype} 2048x2048 matmul, this run): % GEMM = '
+                 'FLOPs x img/s over it' if args.gemm_gflops else ''))
         _print_table(rows, columns)
     outputs = [(args.json, 'json'), (args.csv, 'csv')]
     if args.results_file:

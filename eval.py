@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
-from timm.utils.model import reparameterize_model
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 from engine.data import (
@@ -29,6 +28,7 @@ from engine.data import (
 from engine.loops import evaluate
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser
+from engine.deploy import keep_freed_memory, reparameterize, resolve_amp_dtype
 
 
 def build_parser():
@@ -44,7 +44,8 @@ def build_parser():
     parser.add_argument('--num-classes', type=int, default=None, help='default: from the checkpoint')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='model args key=value')
     parser.add_argument('--reparam', action='store_true',
-                        help='evaluate the deployment form (timm\'s reparameterize_model: fused branches)')
+                        help='evaluate the deployment form: timm\'s reparameterize_model (fused branches), then every '
+                             'BatchNorm next to a conv/linear folded into it (engine.deploy)')
     parser.add_argument('--dataset', default='folder', choices=['folder', 'wds', 'digits'])
     parser.add_argument('--shards', default='', help='webdataset shards, e.g. \'val-{000..063}.tar\'')
     parser.add_argument('--num-samples', type=int, default=None, help='samples in the shards (webdataset)')
@@ -66,7 +67,9 @@ def build_parser():
     parser.add_argument('-j', '--workers', type=int, default=4)
     parser.add_argument('--skip-bad', action='store_true', help='skip (and count) images that fail to decode')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--amp', action='store_true')
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast in --amp-dtype where the device computes it natively (a CPU needs AVX512-BF16 '
+                             'or AMX; elsewhere float32 is used, with a warning)')
     parser.add_argument('--amp-dtype', default='bfloat16', choices=['float16', 'bfloat16'])
     parser.add_argument('--channels-last', action='store_true')
     parser.add_argument('--torchcompile', nargs='?', const='inductor', default=None)
@@ -135,12 +138,13 @@ def main(argv=None) -> int:
         import layers
         layers.set_kernel_impl(args.kernel_impl)
     device = torch.device(args.device)
+    keep_freed_memory()
     model = create_model_checked(args.model, checkpoint=args.checkpoint or None, use_ema=args.use_ema,
                                  pretrained=args.pretrained and not args.checkpoint, num_classes=args.num_classes,
                                  **args.model_kwargs)
     model.to(device).eval()
     if args.reparam:
-        model = reparameterize_model(model)
+        model = reparameterize(model)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     data_args = {k: v for k, v in dict(img_size=args.img_size, input_size=args.input_size, crop_pct=args.crop_pct,
@@ -148,8 +152,9 @@ def main(argv=None) -> int:
                                        std=args.std).items() if v not in (None, '')}
     data_config = resolve_data_config(data_args, model=model)
     transform = create_transform(**data_config, is_training=False)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp \
+    amp_dtype = resolve_amp_dtype(torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16, device) \
+        if args.amp else None
+    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
         else contextlib.nullcontext
     num_classes = getattr(model, 'num_classes', None)
 

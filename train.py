@@ -30,6 +30,7 @@ from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, trim_s
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 from engine.checkpoint import CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state
+from engine.deploy import keep_freed_memory, resolve_amp_dtype
 from engine.data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards, split_folder,
 )
@@ -176,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('runtime')
     group.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    group.add_argument('--amp', action='store_true', help='mixed precision')
+    group.add_argument('--amp', action='store_true',
+                       help='mixed precision in --amp-dtype where the device computes it natively (a CPU needs '
+                            'AVX512-BF16 or AMX; elsewhere float32, with a warning)')
     group.add_argument('--amp-dtype', default='bfloat16', choices=['float16', 'bfloat16'])
     group.add_argument('--channels-last', action='store_true')
     group.add_argument('--torchcompile', nargs='?', const='inductor', default=None, help='torch.compile backend')
@@ -309,6 +312,7 @@ def main(argv=None) -> int:
     args_record = dict(vars(args))  # what args.yaml holds: the options as parsed, as timm writes them
     args.data_dir = args.data_dir or args.data or ''
     device = init_distributed_device(args)
+    keep_freed_memory()
     args.is_primary = args.rank == 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -385,10 +389,11 @@ def main(argv=None) -> int:
                                     momentum=args.momentum, layer_decay=args.layer_decay,
                                     layer_decay_min_scale=args.layer_decay_min_scale,
                                     layer_decay_no_opt_scale=args.layer_decay_no_opt_scale, **opt_kwargs)
-    amp_dtype = torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if args.amp \
+    amp_dtype = resolve_amp_dtype(torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16, device) \
+        if args.amp else None
+    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
         else contextlib.nullcontext
-    loss_scaler = NativeScaler(device=device.type) if args.amp and amp_dtype == torch.float16 else None
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) \
         if args.model_ema else None
 

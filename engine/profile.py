@@ -158,6 +158,15 @@ def time_model(model: torch.nn.Module, batch_size: int, input_size, device: torc
     return results
 
 
+def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, iters: int = 5) -> float:
+    """This machine's dense matrix-multiply rate in GFLOP/s (best of `iters` square `size` products, the current
+    thread count): the ceiling a model's achieved FLOP rate is compared with."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    times = time_interleaved({'mm': lambda: a @ b}, iters, 1, device)['mm']
+    return 2 * size ** 3 / min(times) / 1e9
+
+
 def sample_photos(batch_size: int, input_size, mean, std) -> torch.Tensor:
     """A batch of real photographs (scikit-learn's two bundled sample images, 427x640), as a model sees them:
     resized to the input height and cut into overlapping crops across the width, normalized."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from engine.deploy import native_low_precision
 from engine.profile import count_flops
 from layers.flops import flop_count
 
@@ -72,8 +73,12 @@ def test_model_benchmark_json_and_csv(tmp_path):
     for row in rows:
         assert row['model'] == 'van_b0' and row['params'] == 4_105_800 and row['input_size'] == '3x64x64'
         assert row['gmacs'] > 0 and row['img_per_s'] > 0 and row['ref_img_per_s'] > 0 and row['fast_vs_reference'] > 0
+        # efficiency: the model's FLOP rate against the GEMM rate measured in the same run
+        assert row['gemm_gflops_per_s'] > 1 and row['gemm_gflops_per_s'] == rows[0]['gemm_gflops_per_s']
+        assert row['achieved_gflops_per_s'] == pytest.approx(row['gflops'] * row['img_per_s'])
+        assert row['efficiency_pct'] == pytest.approx(100 * row['achieved_gflops_per_s'] / row['gemm_gflops_per_s'])
     assert (tmp_path / 'out.csv').read_text().splitlines()[0].startswith('model,params')
-    assert 'fast/ref' in result.stdout
+    assert 'fast/ref' in result.stdout and '% GEMM' in result.stdout and 'GEMM rate' in result.stdout
 
 
 def test_ops_benchmark_prints_side_by_side(tmp_path):
@@ -139,8 +144,11 @@ def test_timm_flag_names(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / 'out.csv', newline='') as f:
         rows = list(csv.DictReader(f))
+    # --amp autocasts only where the CPU computes bfloat16 natively, and says so where it does not
+    amp = 'bfloat16' if native_low_precision('cpu') is torch.bfloat16 else 'float32'
     assert [(r['model'], r['mode'], r['batch_size'], r['dtype']) for r in rows] == [
-        ('test_vit', 'infer', '2', 'bfloat16'), ('test_vit', 'train', '2', 'bfloat16')]
+        ('test_vit', 'infer', '2', amp), ('test_vit', 'train', '2', amp)]
+    assert ('--amp ignored' in result.stdout) == (amp == 'float32')
     assert rows[0]['input_size'] == '3x32x32' and 'deployed (re-parameterized)' in result.stdout
     result = _run('-m', 'test_vit', '--img-size', 160, '--bench', 'profile', '--results-file', tmp_path / 'out.json')
     assert result.returncode == 0, result.stderr[-2000:]
