@@ -20,7 +20,8 @@ class OpSpec:
     """An operator under test: how to call it, which fast impls it has, input cases and its input layout.
 
     `make_inputs(case, dtype)` returns (tensor_args, static_kwargs); tensors are differentiated. `layout` is one of
-    `LAYOUTS`; it has no default, so a spec cannot leave the layout test out.
+    `LAYOUTS`; it has no default, so a spec cannot leave the layout test out. `bfloat16_inputs` False says the fast
+    impls cannot take bfloat16 tensors directly (they still run under bfloat16 autocast, as the deployment form does).
     """
     name: str
     op: Callable
@@ -29,3 +30,4 @@ class OpSpec:
     cases: Sequence[dict]
     make_inputs: Callable
     layout: str
+    bfloat16_inputs: bool = True

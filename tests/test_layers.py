@@ -60,6 +60,33 @@ def test_fast_equals_reference_float32(spec, impl, case):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
+# bfloat16 keeps 8 mantissa bits (relative step 2^-8 = 0.0039): a fast impl may differ from the reference by a few
+# such steps of the output's scale, accumulated over its reductions; a wrong impl differs by O(1).
+_BF16_TOL = 0.05
+
+
+def _bf16_close(out, ref):
+    scale = max(1.0, ref.double().abs().max().item())
+    diff = (out.double() - ref.double()).abs().max().item()
+    assert diff <= _BF16_TOL * scale, f'max |fast - reference| = {diff:.3g} > {_BF16_TOL} x {scale:.3g}'
+
+
+@pytest.mark.parametrize('spec,impl,case', _CASES)
+def test_fast_equals_reference_bfloat16(spec, impl, case):
+    """The deployment form's regime: under bfloat16 autocast, and on bfloat16 tensors, the fast impl stays within a
+    few bfloat16 steps of the reference run the same way (same rounding, so data-dependent choices such as BiFormer's
+    top-k routing agree; against float32 they may flip on near-ties)."""
+    tensors, kwargs = spec.make_inputs(case, torch.float32)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        _bf16_close(spec.op(*tensors, **kwargs, impl=impl), spec.reference(*tensors, **kwargs))
+    if spec.bfloat16_inputs:
+        tensors, kwargs = spec.make_inputs(case, torch.bfloat16)
+        with torch.no_grad():
+            out = spec.op(*tensors, **kwargs, impl=impl)
+            assert out.dtype == torch.bfloat16
+            _bf16_close(out, spec.reference(*tensors, **kwargs))
+
+
 @pytest.mark.parametrize('spec', OP_SPECS, ids=lambda s: s.name)
 def test_reference_gradcheck(spec):
     tensors, kwargs = spec.make_inputs(spec.cases[1], torch.float64)
