@@ -16,7 +16,7 @@ from torch import nn
 from timm.models import resolve_pretrained_cfg
 from timm.models import build_model_with_cfg as _timm_build_model_with_cfg
 
-from layers import bind_layer_config
+from layers import bind_layer_config, is_capturing_graph
 
 __all__ = [
     'CheckpointMismatchError', 'WeightsDownloadError', 'build_model_with_cfg', 'check_input_size',
@@ -270,6 +270,18 @@ def check_input_size(x: torch.Tensor, in_chans: int, img_size=None, model_name: 
     if min_size is not None and (x.shape[-2] < min_size[0] or x.shape[-1] < min_size[1]):
         raise ValueError(f'{model_name} needs inputs of at least {min_size[0]}x{min_size[1]}, '
                          f'got {x.shape[-2]}x{x.shape[-1]}; resize the input')
+
+
+def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
+    """`x` in channels-last memory when it is a CPU image batch, else `x` itself.
+
+    Convolution-heavy families call this once on the input of `forward_features`: oneDNN's CPU convolutions run
+    faster on NHWC memory (every later map inherits the layout), while the values are the same. Skipped while a graph
+    is captured (memory format is not part of an exported graph).
+    """
+    if x.device.type == 'cpu' and x.ndim == 4 and not is_capturing_graph():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def init_vit_weights(module: nn.Module) -> None:

@@ -56,8 +56,8 @@ from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, regi
 
 from layers import ConvNorm, MultiRateAttention, RepConvNorm, folded_bn, set_module_kernel_impl
 from ._helpers import (
-    build_model_with_cfg, check_input_size, check_state_dict_keys, CheckpointMismatchError, prune_stages,
-    stage_intermediates, unwrap_state_dict,
+    build_model_with_cfg, channels_last_on_cpu, check_input_size, check_state_dict_keys, CheckpointMismatchError,
+    prune_stages, stage_intermediates, unwrap_state_dict,
 )
 
 __all__ = ['FMViT']
@@ -326,7 +326,7 @@ class FMViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__)
-        return self.norm(self.stages(self.stem(x)))
+        return self.norm(self.stages(self.stem(channels_last_on_cpu(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)

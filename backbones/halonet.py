@@ -49,7 +49,7 @@ from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg, LayerFn, crea
 
 from layers import HaloAttention, set_module_kernel_impl
 from ._helpers import (
-    build_model_with_cfg, check_input_size, check_state_dict_keys, unwrap_state_dict,
+    build_model_with_cfg, channels_last_on_cpu, check_input_size, check_state_dict_keys, unwrap_state_dict,
 )
 
 __all__ = ['HaloNet', 'ValueExpandedSelfAttnBlock']
@@ -132,7 +132,7 @@ class HaloNet(ByobNet):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        return super().forward_features(x)
+        return super().forward_features(channels_last_on_cpu(x))
 
 
 # The paper's table: block b, halo h, value multiplier rv, output multiplier rb, stage-3 depth l3, final conv df,

@@ -50,8 +50,8 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from layers import ConvNorm, LSConv, NormLinear, set_module_kernel_impl
 from ._helpers import (
-    build_model_with_cfg, check_input_size, check_state_dict_keys, hf_hub_weights, prune_stages, remap_state_dict,
-    stage_intermediates, unwrap_state_dict,
+    build_model_with_cfg, channels_last_on_cpu, check_input_size, check_state_dict_keys, hf_hub_weights, prune_stages,
+    remap_state_dict, stage_intermediates, unwrap_state_dict,
 )
 
 __all__ = ['LSNet']
@@ -271,7 +271,7 @@ class LSNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__)
-        return self.stages(self.stem(x))
+        return self.stages(self.stem(channels_last_on_cpu(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False):
         if self.global_pool == 'avg':

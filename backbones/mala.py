@@ -43,7 +43,7 @@ from timm.models import checkpoint_seq, generate_default_cfgs, named_apply, regi
 
 from layers import linear_attention, rope_2d, set_module_kernel_impl, softmax_attention
 from ._helpers import (
-    build_model_with_cfg, check_input_size, check_state_dict_keys, prune_stages, remap_state_dict,
+    build_model_with_cfg, channels_last_on_cpu, check_input_size, check_state_dict_keys, prune_stages, remap_state_dict,
     stage_intermediates, unwrap_state_dict,
 )
 
@@ -277,7 +277,7 @@ class MAViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.in_chans, model_name=type(self).__name__)
-        return self.stages(self.stem(x))
+        return self.stages(self.stem(channels_last_on_cpu(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)

@@ -64,8 +64,8 @@ from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from layers import ContMix, dilated_dwconv2d, folded_bn, set_module_kernel_impl
 from ._helpers import (
-    build_model_with_cfg, check_input_size, check_state_dict_keys, feature_take_indices, remap_state_dict,
-    unwrap_state_dict,
+    build_model_with_cfg, channels_last_on_cpu, check_input_size, check_state_dict_keys, feature_take_indices,
+    remap_state_dict, unwrap_state_dict,
 )
 
 __all__ = ['OverLoCK']
@@ -564,7 +564,7 @@ class OverLoCK(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)[0]
+        return self._forward(channels_last_on_cpu(x))[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
