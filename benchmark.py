@@ -8,6 +8,7 @@
     python benchmark.py --ops                                    # every layers operator, fast vs reference
     python benchmark.py zoo_convit_tiny --compare-model convit_tiny --batch-sizes 8   # vs timm's own ConViT
     python benchmark.py 'lsnet*' --compare-fused --batch-sizes 8                 # BatchNorm folding gain
+    python benchmark.py van_b0 --compare-deploy --batch-sizes 16                 # the one-call deployment form
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
     python benchmark.py fmvit_t --deploy --compare-arch mobileone_s1 --batch-sizes 1 8   # vs another architecture
 
@@ -29,7 +30,7 @@ from engine.profile import (
 )
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser
-from engine.deploy import keep_freed_memory, reparameterize, resolve_amp_dtype
+from engine.deploy import deploy as deploy_model, keep_freed_memory, reparameterize, resolve_amp_dtype
 from engine.hooks import calibrate_thresholds
 
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-fused', action='store_true',
                         help='also time the deployment structure (engine.deploy.reparameterize: merged branches, '
                              'BatchNorms folded), interleaved')
+    parser.add_argument('--compare-deploy', action='store_true',
+                        help='also time the one-call deployment form (engine.deploy.deploy: merged branches, folded '
+                             'BatchNorms, autocast in the native low precision if the device has one), interleaved')
     parser.add_argument('--real-images', action='store_true',
                         help='time on real photographs (scikit-learn sample images) instead of noise')
     parser.add_argument('--calibrate', action='store_true',
@@ -160,6 +164,8 @@ def _benchmark_model(name, args, device):
             extra['arch'] = deploy(create_model_checked(args.compare_arch).to(device).eval())
         if args.compare_fused:
             extra['fused'] = reparameterize(model)
+        if args.compare_deploy:
+            extra['deployed'] = deploy_model(model, device)
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(weights)
@@ -180,6 +186,9 @@ def _benchmark_model(name, args, device):
         if args.compare_fused:
             row.update(fused_img_per_s=result['fused']['img_per_s'],
                        fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
+        if args.compare_deploy:
+            row.update(deployed_img_per_s=result['deployed']['img_per_s'],
+                       deployed_vs_model=result['deployed']['img_per_s'] / row['img_per_s'])
         if args.compare_kwargs is not None:
             other = result['other']
             row.update(other_kwargs=' '.join(f'{k}={v}' for k, v in args.compare_kwargs.items()),
@@ -259,6 +268,9 @@ def main(argv=None) -> int:
             if args.compare_fused:
                 columns += [('fused img/s', lambda r: f'{r["fused_img_per_s"]:.1f}'),
                             ('fused/unfused', lambda r: f'{r["fused_vs_unfused"]:.2f}x')]
+            if args.compare_deploy:
+                columns += [('deployed img/s', lambda r: f'{r["deployed_img_per_s"]:.1f}'),
+                            ('deployed/model', lambda r: f'{r["deployed_vs_model"]:.2f}x')]
             if args.compare_kwargs is not None:
                 columns += [('vs', lambda r: r['other_kwargs']), ('its img/s', lambda r: f'{r["other_img_per_s"]:.1f}'),
                             ('ratio', lambda r: f'{r["model_vs_other"]:.2f}x')]

@@ -188,3 +188,13 @@ def test_cpu_peak_memory_covers_the_largest_activation(name):
     peak = timed['model']['peak_mem_mib']
     largest = _largest_activation_mib(model, x)
     assert peak >= largest > 0, (peak, largest)
+
+
+def test_compare_deploy_times_the_deployment_form(tmp_path):
+    result = _run('lsnet_t', '--compare-deploy', '--batch-sizes', 1, '--iters', 1, '--warmup', 1, '--no-flops',
+                  '--img-size', 64, '--json', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    row, = json.loads((tmp_path / 'out.json').read_text())
+    assert row['deployed_img_per_s'] > 0
+    assert row['deployed_vs_model'] == pytest.approx(row['deployed_img_per_s'] / row['img_per_s'])
+    assert 'deployed/model' in result.stdout
