@@ -99,17 +99,21 @@ def test_amp_without_native_bfloat16_warns_and_uses_float32(monkeypatch, capsys)
     assert deploy_module.resolve_amp_dtype(torch.bfloat16, 'cpu') is torch.bfloat16
 
 
-def test_bfloat16_deploy_tracks_float32():
-    """The autocast form's logits stay near float32's (bfloat16 has 8 mantissa bits): checked on a small model so it
-    runs even where bfloat16 is emulated."""
-    model = timm.create_model('lsnet_t').eval()
-    x = torch.randn(2, 3, 224, 224)
+@pytest.mark.parametrize('name', sorted(CI_MODELS))
+def test_bfloat16_deploy_tracks_float32(name):
+    """The bfloat16 autocast form's logits stay within 3% of the float32 logits' range (bfloat16 keeps 8 mantissa
+    bits; seen here: 0.1-0.8%). The classifier is drawn at unit scale so the logits spread as trained ones do (at
+    its init scale they are ~1e-5 and any drift would pass). Runs even where bfloat16 is emulated."""
+    model = timm.create_model(name).eval()
+    for p in model.get_classifier().parameters():
+        nn.init.normal_(p, 0., 1.)
+    x = torch.randn(2, *input_size_for(model, 64))
     with torch.no_grad():
         reference = model(x)
         got = deploy(model, dtype=torch.bfloat16)(x)
     assert got.dtype == torch.float32
     span = (reference.max() - reference.min()).item()
-    assert (got - reference).abs().max().item() <= 0.05 * span
+    assert (got - reference).abs().max().item() <= 0.03 * span
 
 
 def test_keep_freed_memory_on_glibc():
