@@ -7,7 +7,9 @@
 - `hooks`: the model-hook protocol (what a model returns in training, the optional methods the scripts call).
 - `losses`: distillation (DeiT-style) plus the extra terms models hand out through the hooks.
 - `loops`: one training epoch and one evaluation pass.
-- `profile`: parameter and FLOP counts, latency and throughput, peak memory (benchmark.py).
+- `profile`: parameter and FLOP counts, latency and throughput, peak memory, the GEMM rate (benchmark.py).
+- `deploy`: the deployment form (merged branches, folded BatchNorms, native low-precision autocast) and the
+  allocator setting for CPU inference.
 - `op_cases`: the `layers` operators' benchmark cases at backbone-stage shapes (`benchmark.py --ops`).
 - `runs`: run folders <output>/<experiment> (args.yaml, summary.csv) and the check that a resume keeps the meaning.
 - `plots`: training curves, and a prediction drawn with the model's inner decisions (eval.py --plot).
