@@ -9,6 +9,7 @@
     python benchmark.py zoo_convit_tiny --compare-model convit_tiny --batch-sizes 8   # vs timm's own ConViT
     python benchmark.py 'lsnet*' --compare-fused --batch-sizes 8                 # BatchNorm folding gain
     python benchmark.py van_b0 --compare-deploy --batch-sizes 16                 # the one-call deployment form
+    python benchmark.py van_b0 --compare-compile --batch-sizes 16                # torch.compile vs eager
     python benchmark.py asvit_deit_small --real-images --calibrate --compare-kwargs prune_mode=none  # pruning gain
     python benchmark.py fmvit_t --deploy --compare-arch mobileone_s1 --batch-sizes 1 8   # vs another architecture
 
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--compare-deploy', action='store_true',
                         help='also time the one-call deployment form (engine.deploy.deploy: merged branches, folded '
                              'BatchNorms, autocast in the native low precision if the device has one), interleaved')
+    parser.add_argument('--compare-compile', action='store_true',
+                        help='also time torch.compile(model) (inductor; compiled during the warm-up calls), interleaved')
     parser.add_argument('--real-images', action='store_true',
                         help='time on real photographs (scikit-learn sample images) instead of noise')
     parser.add_argument('--calibrate', action='store_true',
@@ -166,6 +169,8 @@ def _benchmark_model(name, args, device):
             extra['fused'] = reparameterize(model)
         if args.compare_deploy:
             extra['deployed'] = deploy_model(model, device)
+        if args.compare_compile:
+            extra['compiled'] = torch.compile(model)
         if args.compare_kwargs is not None:
             other = create_model_checked(name, **dict(model_kwargs, **dict(args.compare_kwargs))).to(device)
             other.load_state_dict(weights)
@@ -186,6 +191,9 @@ def _benchmark_model(name, args, device):
         if args.compare_fused:
             row.update(fused_img_per_s=result['fused']['img_per_s'],
                        fused_vs_unfused=result['fused']['img_per_s'] / row['img_per_s'])
+        if args.compare_compile:
+            row.update(compiled_img_per_s=result['compiled']['img_per_s'],
+                       compiled_vs_eager=result['compiled']['img_per_s'] / row['img_per_s'])
         if args.compare_deploy:
             row.update(deployed_img_per_s=result['deployed']['img_per_s'],
                        deployed_vs_model=result['deployed']['img_per_s'] / row['img_per_s'])
@@ -268,6 +276,9 @@ def main(argv=None) -> int:
             if args.compare_fused:
                 columns += [('fused img/s', lambda r: f'{r["fused_img_per_s"]:.1f}'),
                             ('fused/unfused', lambda r: f'{r["fused_vs_unfused"]:.2f}x')]
+            if args.compare_compile:
+                columns += [('compiled img/s', lambda r: f'{r["compiled_img_per_s"]:.1f}'),
+                            ('compiled/eager', lambda r: f'{r["compiled_vs_eager"]:.2f}x')]
             if args.compare_deploy:
                 columns += [('deployed img/s', lambda r: f'{r["deployed_img_per_s"]:.1f}'),
                             ('deployed/model', lambda r: f'{r["deployed_vs_model"]:.2f}x')]

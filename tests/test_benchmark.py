@@ -198,3 +198,13 @@ def test_compare_deploy_times_the_deployment_form(tmp_path):
     assert row['deployed_img_per_s'] > 0
     assert row['deployed_vs_model'] == pytest.approx(row['deployed_img_per_s'] / row['img_per_s'])
     assert 'deployed/model' in result.stdout
+
+
+def test_compare_compile_times_the_compiled_model(tmp_path):
+    result = _run('-m', 'test_vit', '--model-kwargs', 'img_size=(32, 32)', 'patch_size=8', '--img-size', 32, '-b', 2,
+                  '--iters', 1, '--warmup', 1, '--no-flops', '--compare-compile', '--json', tmp_path / 'out.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    row, = json.loads((tmp_path / 'out.json').read_text())
+    assert row['compiled_img_per_s'] > 0
+    assert row['compiled_vs_eager'] == pytest.approx(row['compiled_img_per_s'] / row['img_per_s'])
+    assert 'compiled/eager' in result.stdout
