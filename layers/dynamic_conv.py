@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timm.layers import to_2tuple
+
 from .config import ImplTable, resolve_impl
 from .neighborhood_attn import na2d_av, na_rpb_bias
 
@@ -110,6 +112,35 @@ def contmix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, proj_we
     return fn(query, key, value, proj_weight, proj_bias, rpbs, kernel_sizes, num_groups)
 
 
+def _adaptive_avg_matrix(size_in, size_out, like: torch.Tensor) -> torch.Tensor:
+    """(size_out, size_in) matrix of adaptive average pooling along one axis: row i averages the inputs
+    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out))."""
+    rows = torch.arange(size_out, device=like.device)[:, None]
+    cols = torch.arange(size_in, device=like.device)[None, :]
+    start = rows * size_in // size_out
+    end = ((rows + 1) * size_in + size_out - 1) // size_out  # ceil; not -(-a // b), which ONNX exports as truncation
+    inside = (cols >= start) & (cols < end)
+    return inside.to(like.dtype) / (end - start).to(like.dtype)
+
+
+def _adaptive_avg_pool2d(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """F.adaptive_avg_pool2d(x, (height, width)); under the TorchScript-based ONNX exporter as two matmuls with the
+    pooling matrices, since that exporter takes adaptive pooling only where the output size divides the input's."""
+    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+        pool_h = _adaptive_avg_matrix(x.shape[-2], height, x)
+        pool_w = _adaptive_avg_matrix(x.shape[-1], width, x)
+        return pool_h @ x @ pool_w.t()
+    return F.adaptive_avg_pool2d(x, (height, width))
+
+
+class _AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d that the TorchScript-based ONNX exporter takes at any input size (`_adaptive_avg_pool2d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = to_2tuple(self.output_size)
+        return _adaptive_avg_pool2d(x, height, width)
+
+
 class ContMix(nn.Module):
     """OverLoCK's ContMix: dynamic kernels from query-vs-pooled-context affinities, applied over NA windows.
 
@@ -140,7 +171,7 @@ class ContMix(nn.Module):
         self.rpb2 = nn.Parameter(torch.zeros(self.num_groups, 2 * kernel_size - 1, 2 * kernel_size - 1))
         self.weight_query = nn.Sequential(nn.Conv2d(dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
         self.weight_key = nn.Sequential(
-            nn.AdaptiveAvgPool2d(pool_size), nn.Conv2d(ctx_dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
+            _AdaptiveAvgPool2d(pool_size), nn.Conv2d(ctx_dim, dim // 2, 1, bias=False), nn.BatchNorm2d(dim // 2))
         self.weight_proj = nn.Conv2d(pool_size * pool_size, kernel_size ** 2 + small_kernel_size ** 2, 1)
 
     def forward(self, feat: torch.Tensor, ctx: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -156,5 +187,5 @@ class ContMix(nn.Module):
         out = contmix(query, key, value, self.weight_proj.weight, self.weight_proj.bias, (self.rpb1, self.rpb2),
                       self.kernel_sizes, self.num_groups, impl=self.kernel_impl)
         if resized:
-            out = F.adaptive_avg_pool2d(out, (H, W))
+            out = _adaptive_avg_pool2d(out, H, W)
         return out

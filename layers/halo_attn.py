@@ -171,6 +171,18 @@ def _block_grid(q: torch.Tensor, kv: torch.Tensor, block: int) -> Tuple[int, int
     return nh, nw, q.shape[-1] // nw
 
 
+def _kv_windows(kv: torch.Tensor, block: int, halo: int) -> torch.Tensor:
+    """(B, C, nh * block, nw * block) -> (B, C, nh, nw, win, win): every block's window with its zero halo."""
+    win = block + 2 * halo
+    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+        # the TorchScript-based ONNX exporter takes Tensor.unfold only on inputs of known size, which the padded map
+        # is not (its pads are computed in the graph); im2col pads itself and reads the size at run time
+        B, C, H, W = kv.shape
+        windows = F.unfold(kv, win, padding=halo, stride=block)  # (B, C * win * win, nh * nw)
+        return windows.reshape(B, C, win, win, H // block, W // block).permute(0, 1, 4, 5, 2, 3)
+    return F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)  # a view
+
+
 def _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads: int, block: int, halo: int, scale: float,
                              bias_scaled: bool, core_impl: str) -> torch.Tensor:
     B = q.shape[0]
@@ -179,7 +191,7 @@ def _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads: int, block
     win = block + 2 * halo
     q = q.reshape(B * num_heads, dq, nh, bq, nw, bq)
     q = q.permute(0, 2, 4, 3, 5, 1).reshape(B * num_heads, nh * nw, bq * bq, dq)
-    kv = F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)  # (B, C, nh, nw, win, win), a view
+    kv = _kv_windows(kv, block, halo)  # (B, C, nh, nw, win, win)
     # one copy straight into (B * heads, blocks, win^2, c) with channels last, so k and v are views whose rows
     # the fused kernels read without another copy
     kv = kv.reshape(B, num_heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 5, 6, 2)
@@ -227,7 +239,7 @@ def halo_attention_matmul(q, kv, height_rel, width_rel, num_heads: int, block: i
     N, Q, K = B * num_heads * nh * nw, bq * bq, win * win
     # (N, d, Q) and (N, d + dv, K): views of the maps when the map is one block, else one copy each
     q = q.reshape(B * num_heads, dq, nh, bq, nw, bq).permute(0, 2, 4, 1, 3, 5).reshape(N, dq, Q)
-    kv = F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)
+    kv = _kv_windows(kv, block, halo)
     kv = kv.reshape(B, num_heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 2, 5, 6).reshape(N, -1, K)
     k, v = kv[:, :dq], kv[:, dq:]
     q_t = q.transpose(1, 2)  # (N, Q, d)
