@@ -32,7 +32,7 @@ _HAS_HF_HUB = importlib.util.find_spec('huggingface_hub') is not None
 
 # Model classes that compile with torch.jit.script; none yet (timm's ConViT and HaloNet twins script: ours call the
 # kernel dispatcher, which TorchScript cannot compile).
-SCRIPTABLE_FAMILIES = ()
+SCRIPTABLE_FAMILIES = ('ConViT', 'HaloNet')
 
 
 def build_model_with_cfg(model_cls, variant: str, pretrained: bool, **kwargs) -> nn.Module:

@@ -30,7 +30,7 @@ Deviations (none changes the function):
 - The input size is fixed by the position embedding (a clear error names it); build with another `img_size` and
   checkpoints' position embeddings are resampled on load.
 """
-from typing import List, Optional, Tuple, Union
+from typing import Final, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ __all__ = ['ConViT']
 
 class Block(nn.Module):
     """Pre-norm block with GPSA (`use_gpsa`) or plain MHSA."""
+    use_gpsa: Final[bool]  # a constant to TorchScript, which then compiles only the attention call this block makes
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4., qkv_bias: bool = False,
                  proj_drop: float = 0., attn_drop: float = 0., drop_path: float = 0., use_gpsa: bool = True,
@@ -69,7 +70,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
-        y = self.attn(y, self.grid_size) if self.use_gpsa else self.attn(y)
+        if self.use_gpsa:
+            y = self.attn(y, self.grid_size)
+        else:
+            y = self.attn(y)
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -181,6 +185,15 @@ class ConViT(nn.Module):
                 intermediates.append(x[:, 1:] if i >= self.local_up_to_layer else x)
         return x, intermediates
 
+    def _run_scripted(self, x: torch.Tensor) -> torch.Tensor:
+        """`_run` over every block in the form TorchScript compiles (PatchEmbed checks the input size)."""
+        x = self.pos_drop(self.patch_embed(x) + self.pos_embed)
+        for i, block in enumerate(self.blocks):
+            if i == self.local_up_to_layer:
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = block(x)
+        return x
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -210,6 +223,8 @@ class ConViT(nn.Module):
         return prune_stages(self, indices, prune_head, prune_norm, levels='blocks')
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self.norm(self._run_scripted(x))
         x, _ = self._run(x, range(len(self.blocks)))
         return self.norm(x)
 

@@ -131,8 +131,11 @@ class HaloNet(ByobNet):
         return super().forward_intermediates(x, *args, **kwargs)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        return super().forward_features(channels_last_on_cpu(x))
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+            return super().forward_features(channels_last_on_cpu(x))
+        # ByobNet's forward_features without checkpointing (TorchScript compiles no super() call)
+        return self.final_conv(self.stages(self.stem(x)))
 
 
 # The paper's table: block b, halo h, value multiplier rv, output multiplier rb, stage-3 depth l3, final conv df,

@@ -25,13 +25,15 @@ __all__ = ['GatedPositionalAttention', 'gated_positional_attention', 'gated_posi
            'gated_positional_attention_sdpa', 'relative_offsets_2d']
 
 
-@shape_cache(maxsize=16)
-def _offsets(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _offsets_uncached(h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
     rows, cols = rows.flatten(), cols.flatten()
     dx = (cols[None, :] - cols[:, None]).to(torch.float64)  # key minus query
     dy = (rows[None, :] - rows[:, None]).to(torch.float64)
     return torch.stack([dx, dy, dx * dx + dy * dy], dim=-1).to(device=device, dtype=dtype)
+
+
+_offsets = shape_cache(maxsize=16)(_offsets_uncached)
 
 
 def relative_offsets_2d(h: int, w: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -74,6 +76,7 @@ class GatedPositionalAttention(nn.Module):
         dim: channels. num_heads: heads. qkv_bias: bias on qk/v (ConViT: False).
         locality_strength: strength of the convolution-like positional init.
     """
+    kernel_impl: Optional[str]  # for TorchScript, which would type an attribute holding None as NoneType
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.,
                  proj_drop: float = 0., locality_strength: float = 1., kernel_impl: Optional[str] = None):
@@ -107,9 +110,21 @@ class GatedPositionalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        offsets = relative_offsets_2d(*grid_size, device=x.device, dtype=x.dtype)
-        pos_logits = self.pos_proj(offsets).permute(2, 0, 1)  # (heads, N, N)
-        out = gated_positional_attention(q, k, v, pos_logits, self.gating_param, self.scale, impl=self.kernel_impl)
+        if torch.jit.is_scripting():
+            # TorchScript compiles neither the shape cache nor the dispatcher: the table is rebuilt per call and the
+            # kernel is fixed when the module is scripted (`reference` if it was built with that, else `sdpa`)
+            offsets = _offsets_uncached(grid_size[0], grid_size[1], x.device, x.dtype)
+            pos_logits = self.pos_proj(offsets).permute(2, 0, 1)
+            impl = self.kernel_impl
+            if impl is not None and impl == 'reference':
+                out = gated_positional_attention_reference(q, k, v, pos_logits, self.gating_param, self.scale)
+            else:
+                out = gated_positional_attention_sdpa(q, k, v, pos_logits, self.gating_param, self.scale)
+        else:
+            offsets = relative_offsets_2d(*grid_size, device=x.device, dtype=x.dtype)
+            pos_logits = self.pos_proj(offsets).permute(2, 0, 1)  # (heads, N, N)
+            out = gated_positional_attention(q, k, v, pos_logits, self.gating_param, self.scale,
+                                             impl=self.kernel_impl)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))

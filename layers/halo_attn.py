@@ -86,7 +86,7 @@ def _rel_logits_1d(q: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     logits = q @ rel.transpose(-2, -1)  # (N, rows, cols, 2 * win - 1)
     c = torch.arange(cols, device=q.device)[:, None]
     w = torch.arange(win, device=q.device)[None, :]
-    index = (w - c + win - 1).expand(*logits.shape[:-1], win)
+    index = (w - c + win - 1).expand(list(logits.shape[:-1]) + [win])
     return logits.gather(-1, index)
 
 
@@ -113,6 +113,10 @@ def relative_logits_2d(q: torch.Tensor, height_rel: torch.Tensor, width_rel: tor
 def _core_with_bias(q, k, v, height_rel, width_rel, block: int, scale: float, bias_scaled: bool, impl: str):
     N, nb, Q, d = q.shape
     bias = relative_logits_2d(q.reshape(N * nb, Q, d), height_rel, width_rel, block).reshape(N, nb, Q, -1)
+    if torch.jit.is_scripting():  # TorchScript does not compile the dispatcher; `impl` is 'reference' or 'sdpa'
+        if impl == 'reference':
+            return blocked_attention_reference(q, k, v, bias, scale, bias_scaled)
+        return blocked_attention_sdpa(q, k, v, bias, scale, bias_scaled)
     return blocked_attention(q, k, v, bias, scale, bias_scaled, impl=impl)
 
 
@@ -167,19 +171,20 @@ def _block_grid(q: torch.Tensor, kv: torch.Tensor, block: int) -> Tuple[int, int
     """Blocks per side (nh, nw) of the kv map and the query block side bq (block / query stride)."""
     nh, nw = kv.shape[-2] // block, kv.shape[-1] // block
     if kv.shape[-2] != nh * block or kv.shape[-1] != nw * block or q.shape[-2] % nh or q.shape[-1] % nw:
-        raise ValueError(f'halo_attention needs whole blocks of {block}: q {tuple(q.shape)}, kv {tuple(kv.shape)}')
+        raise ValueError(f'halo_attention needs whole blocks of {block}: q {list(q.shape)}, kv {list(kv.shape)}')
     return nh, nw, q.shape[-1] // nw
 
 
 def _kv_windows(kv: torch.Tensor, block: int, halo: int) -> torch.Tensor:
     """(B, C, nh * block, nw * block) -> (B, C, nh, nw, win, win): every block's window with its zero halo."""
     win = block + 2 * halo
-    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
-        # the TorchScript-based ONNX exporter takes Tensor.unfold only on inputs of known size, which the padded map
-        # is not (its pads are computed in the graph); im2col pads itself and reads the size at run time
-        B, C, H, W = kv.shape
-        windows = F.unfold(kv, win, padding=halo, stride=block)  # (B, C * win * win, nh * nw)
-        return windows.reshape(B, C, win, win, H // block, W // block).permute(0, 1, 4, 5, 2, 3)
+    if not torch.jit.is_scripting():  # (TorchScript compiles no ONNX export check)
+        if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+            # the TorchScript-based ONNX exporter takes Tensor.unfold only on inputs of known size, which the padded
+            # map is not (its pads are computed in the graph); im2col pads itself and reads the size at run time
+            B, C, H, W = kv.shape
+            windows = F.unfold(kv, win, padding=halo, stride=block)  # (B, C * win * win, nh * nw)
+            return windows.reshape(B, C, win, win, H // block, W // block).permute(0, 1, 4, 5, 2, 3)
     return F.pad(kv, [halo] * 4).unfold(2, win, block).unfold(3, win, block)  # a view
 
 
@@ -197,7 +202,15 @@ def _halo_attention_unfolded(q, kv, height_rel, width_rel, num_heads: int, block
     kv = kv.reshape(B, num_heads, -1, nh, nw, win, win).permute(0, 1, 3, 4, 5, 6, 2)
     kv = kv.reshape(B * num_heads, nh * nw, win * win, -1)
     k, v = kv.split([dq, kv.shape[-1] - dq], dim=-1)
-    out = halo_attention_core(q, k, v, height_rel, width_rel, bq, scale, bias_scaled, impl=core_impl)
+    if torch.jit.is_scripting():  # TorchScript does not compile the dispatcher
+        if core_impl == 'reference':
+            out = halo_attention_core_reference(q, k, v, height_rel, width_rel, bq, scale, bias_scaled)
+        elif core_impl == 'onehot':
+            out = halo_attention_core_onehot(q, k, v, height_rel, width_rel, bq, scale, bias_scaled)
+        else:
+            out = halo_attention_core_sdpa(q, k, v, height_rel, width_rel, bq, scale, bias_scaled)
+    else:
+        out = halo_attention_core(q, k, v, height_rel, width_rel, bq, scale, bias_scaled, impl=core_impl)
     out = out.reshape(B, num_heads, nh, nw, bq, bq, -1).permute(0, 1, 6, 2, 4, 3, 5)
     return out.reshape(B, -1, nh * bq, nw * bq)
 
@@ -295,6 +308,7 @@ class HaloAttention(nn.Module):
         kernel_impl: blocked-attention implementation (None: process-wide setting).
         device, dtype: where and in what type to create the parameters (timm's builders pass them).
     """
+    kernel_impl: Optional[str]  # for TorchScript, which would type an attribute holding None as NoneType
 
     def __init__(self, dim: int, dim_out: Optional[int] = None, feat_size=None, stride: int = 1,
                  num_heads: int = 8, dim_head: Optional[int] = None, block_size: int = 8, halo_size: int = 3,
@@ -334,6 +348,25 @@ class HaloAttention(nn.Module):
         trunc_normal_(self.pos_embed.height_rel, std=self.scale)
         trunc_normal_(self.pos_embed.width_rel, std=self.scale)
 
+    def _halo_attention_scripted(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """`halo_attention` with the implementation fixed when the module is scripted: the one named by
+        `kernel_impl`, else (None, 'auto', 'flops') the one 'auto' picks while exporting."""
+        args = (q, kv, self.pos_embed.height_rel, self.pos_embed.width_rel, self.num_heads, self.block_size,
+                self.halo_size, self.scale, self.scale_pos_embed)
+        impl = self.kernel_impl
+        if impl is None or impl == 'auto' or impl == 'flops':
+            one_block = kv.shape[-2] == self.block_size and kv.shape[-1] == self.block_size
+            impl = 'matmul' if one_block else 'sdpa'
+        if impl == 'matmul':
+            return halo_attention_matmul(*args)
+        if impl == 'sdpa':
+            return halo_attention_sdpa(*args)
+        if impl == 'onehot':
+            return halo_attention_onehot(*args)
+        if impl == 'reference':
+            return halo_attention_reference(*args)
+        raise ValueError(f'Unknown implementation {impl} for halo_attention')
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
         b, bq = self.block_size, self.block_size_ds
@@ -345,8 +378,11 @@ class HaloAttention(nn.Module):
         kv = self.kv(x)
         if H != nh * b or W != nw * b:
             kv = F.pad(kv, [0, nw * b - W, 0, nh * b - H])
-        out = halo_attention(q, kv, self.pos_embed.height_rel, self.pos_embed.width_rel, self.num_heads, b,
-                             self.halo_size, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
+        if torch.jit.is_scripting():
+            out = self._halo_attention_scripted(q, kv)
+        else:
+            out = halo_attention(q, kv, self.pos_embed.height_rel, self.pos_embed.width_rel, self.num_heads, b,
+                                 self.halo_size, self.scale, self.scale_pos_embed, impl=self.kernel_impl)
         if out_h != nh * bq or out_w != nw * bq:
             out = out[:, :, :out_h, :out_w]
         return self.pool(out)
