@@ -1,4 +1,5 @@
 """Helpers shared by the family files: model building, checkpoint key remapping and checks, input checks."""
+import copy
 import functools
 import importlib.util
 import hashlib
@@ -9,6 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -151,10 +153,15 @@ def _prepare_scriptable(model: nn.Module, hooks) -> nn.Module:
             f'{name} does not support TorchScript (torch.jit.script): its forward uses Python features that '
             f'TorchScript cannot compile (the kernel dispatcher picks operator implementations at call time); '
             f'export it with torch.export.export(model, (x,)) or torch.onnx.export(model, (x,), dynamo=True) instead')
-    for hook in hooks:  # Python hooks do not compile; the scripted forward runs the scriptable forms anyway
-        hook.remove()
-    del model.__prepare_scriptable__
-    return model
+    # TorchScript compiles the module's hooks and cannot compile these Python ones (the scripted forward fixes its
+    # kernels itself): it compiles a shallow copy without them, and the eager model keeps them
+    scripted = copy.copy(model)
+    ids = {hook.id for hook in hooks}
+    for table in ('_forward_pre_hooks', '_forward_pre_hooks_with_kwargs', '_forward_hooks',
+                  '_forward_hooks_with_kwargs', '_forward_hooks_always_called'):
+        setattr(scripted, table, OrderedDict((k, v) for k, v in getattr(model, table).items() if k not in ids))
+    del scripted.__prepare_scriptable__
+    return scripted
 
 Replacement = Union[str, Callable[[re.Match], str]]
 
