@@ -134,7 +134,7 @@ def _adaptive_avg_pool2d(x: torch.Tensor, height: int, width: int) -> torch.Tens
 
 
 class _AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
-    """nn.AdaptiveAvgPool2d that the TorchScript-based ONNX exporter takes at any input size (`_adaptive_avg_pool2d`)."""
+    """nn.AdaptiveAvgPool2d that the TorchScript-based ONNX exporter takes at any size (`_adaptive_avg_pool2d`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = to_2tuple(self.output_size)
