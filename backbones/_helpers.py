@@ -32,8 +32,8 @@ _DOWNLOAD_TIMEOUT_S = 60
 # timm prefers the HF hub for a cfg with hf_hub_id whenever huggingface_hub is installed
 _HAS_HF_HUB = importlib.util.find_spec('huggingface_hub') is not None
 
-# Model classes that compile with torch.jit.script; none yet (timm's ConViT and HaloNet twins script: ours call the
-# kernel dispatcher, which TorchScript cannot compile).
+# Model classes that compile with torch.jit.script (timm's twins of these script too). Their forwards take a
+# scriptable branch where the others call the kernel dispatcher, which TorchScript cannot compile.
 SCRIPTABLE_FAMILIES = ('ConViT', 'HaloNet')
 
 
