@@ -9,11 +9,9 @@
 Flags follow timm's validate.py. Checkpoints load with weights_only=True (no code runs) and pass through the
 family's checkpoint filter, so official releases and train.py checkpoints both work.
 """
-import contextlib
 import csv
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +26,7 @@ from engine.data import (
 from engine.loops import evaluate
 from engine.cli import create_model_checked, run_cli
 from engine.config import ParseKwargs, make_parser
-from engine.deploy import keep_freed_memory, reparameterize, resolve_amp_dtype
+from engine.deploy import keep_freed_memory, reparameterize, amp_autocast_context
 
 
 def build_parser():
@@ -152,10 +150,7 @@ def main(argv=None) -> int:
                                        std=args.std).items() if v not in (None, '')}
     data_config = resolve_data_config(data_args, model=model)
     transform = create_transform(**data_config, is_training=False)
-    amp_dtype = resolve_amp_dtype(torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16, device) \
-        if args.amp else None
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
-        else contextlib.nullcontext
+    amp_autocast, amp_dtype = amp_autocast_context(args.amp, args.amp_dtype, device)
     num_classes = getattr(model, 'num_classes', None)
 
     if args.image:

@@ -11,11 +11,9 @@ args.yaml) sets defaults; command-line flags override it. Each run gets its own 
 (--experiment NAME, or --resume auto) resumes it exactly where it stopped, refusing options that would change it.
 """
 import argparse
-import contextlib
 import logging
 import sys
 import time
-from functools import partial
 
 import torch
 import timm
@@ -30,7 +28,7 @@ from timm.utils import ModelEmaV3, NativeScaler, init_distributed_device, trim_s
 
 import backbones  # noqa: F401  (registers the zoo with timm)
 from engine.checkpoint import CheckpointManager, get_rng_state, load_checkpoint_file, set_rng_state
-from engine.deploy import keep_freed_memory, resolve_amp_dtype
+from engine.deploy import keep_freed_memory, amp_autocast_context
 from engine.data import (
     DigitsDataset, ImageFolderDataset, ResumableSampler, SeededTransform, WebDatasetShards, split_folder,
 )
@@ -389,10 +387,7 @@ def main(argv=None) -> int:
                                     momentum=args.momentum, layer_decay=args.layer_decay,
                                     layer_decay_min_scale=args.layer_decay_min_scale,
                                     layer_decay_no_opt_scale=args.layer_decay_no_opt_scale, **opt_kwargs)
-    amp_dtype = resolve_amp_dtype(torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16, device) \
-        if args.amp else None
-    amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype) if amp_dtype is not None \
-        else contextlib.nullcontext
+    amp_autocast, amp_dtype = amp_autocast_context(args.amp, args.amp_dtype, device)
     loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) \
         if args.model_ema else None

@@ -26,8 +26,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from timm.layers import BatchNormAct2d, ConvNormAct
 from timm.utils import reparameterize_model
 
-__all__ = ['native_low_precision', 'resolve_amp_dtype', 'fold_batchnorms', 'reparameterize', 'keep_freed_memory', 'deploy',
-           'DeployedModel']
+__all__ = ['native_low_precision', 'resolve_amp_dtype', 'amp_autocast_context', 'fold_batchnorms', 'reparameterize',
+           'keep_freed_memory', 'deploy', 'DeployedModel']
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -137,6 +137,19 @@ def resolve_amp_dtype(requested: torch.dtype, device: Union[str, torch.device]) 
     print(f'warning: --amp ignored: this {device.type.upper()} has no native {str(requested).replace("torch.", "")} '
           '(needs AVX512-BF16 or AMX on a CPU); emulated it runs slower than float32, so float32 is used', flush=True)
     return None
+
+
+def amp_autocast_context(amp: bool, amp_dtype: str, device: Union[str, torch.device]):
+    """`--amp`/`--amp-dtype` as train.py and eval.py take them -> (autocast context factory, dtype or None).
+
+    The factory is `torch.autocast` bound to the device and dtype, or `contextlib.nullcontext` where `--amp` is off or
+    the device has no native `amp_dtype` (`resolve_amp_dtype` says why, once).
+    """
+    device = torch.device(device)
+    dtype = resolve_amp_dtype(torch.bfloat16 if amp_dtype == 'bfloat16' else torch.float16, device) if amp else None
+    if dtype is None:
+        return contextlib.nullcontext, None
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), dtype
 
 
 @functools.lru_cache(maxsize=None)

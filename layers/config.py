@@ -35,7 +35,8 @@ from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
     'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'bind_layer_config', 'export_friendly',
-    'get_kernel_impl', 'is_capturing_graph', 'kernel_impl', 'resolve_impl', 'set_kernel_impl', 'set_module_kernel_impl',
+    'get_kernel_impl', 'is_capturing_graph', 'is_torchscript_onnx_export',
+    'kernel_impl', 'resolve_impl', 'set_kernel_impl', 'set_module_kernel_impl',
     'traceable_only', 'untraceable', 'usable_impls',
 ]
 
@@ -108,6 +109,15 @@ _export_friendly_depth = 0
 def is_capturing_graph() -> bool:
     """True while torch.jit.trace, torch.onnx.export or torch.export runs the model to capture its graph."""
     return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def is_torchscript_onnx_export() -> bool:
+    """True while the TorchScript-based ONNX exporter (`torch.onnx.export(..., dynamo=False)`) runs the model.
+
+    That exporter lacks some ops the dynamo-based one (which runs under `torch.export`) takes, so a few operators
+    switch to an equivalent formulation only then.
+    """
+    return torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting()
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from torch import nn
 
 from timm.layers import to_2tuple
 
-from .config import ImplTable, resolve_impl
+from .config import ImplTable, is_torchscript_onnx_export, resolve_impl
 from .neighborhood_attn import na2d_av, na_rpb_bias
 
 __all__ = ['ContMix', 'contmix', 'contmix_blocked', 'contmix_reference']
@@ -126,7 +126,7 @@ def _adaptive_avg_matrix(size_in, size_out, like: torch.Tensor) -> torch.Tensor:
 def _adaptive_avg_pool2d(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """F.adaptive_avg_pool2d(x, (height, width)); under the TorchScript-based ONNX exporter as two matmuls with the
     pooling matrices, since that exporter takes adaptive pooling only where the output size divides the input's."""
-    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+    if is_torchscript_onnx_export():
         pool_h = _adaptive_avg_matrix(x.shape[-2], height, x)
         pool_w = _adaptive_avg_matrix(x.shape[-1], width, x)
         return pool_h @ x @ pool_w.t()

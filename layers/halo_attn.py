@@ -45,7 +45,7 @@ from torch import nn
 
 from timm.layers import make_divisible, trunc_normal_
 
-from .config import ImplTable, NotPreferred, resolve_impl
+from .config import ImplTable, NotPreferred, is_torchscript_onnx_export, resolve_impl
 
 __all__ = ['HaloAttention', 'blocked_attention', 'blocked_attention_reference', 'blocked_attention_sdpa',
            'halo_attention', 'halo_attention_core', 'relative_logits_2d']
@@ -179,7 +179,7 @@ def _kv_windows(kv: torch.Tensor, block: int, halo: int) -> torch.Tensor:
     """(B, C, nh * block, nw * block) -> (B, C, nh, nw, win, win): every block's window with its zero halo."""
     win = block + 2 * halo
     if not torch.jit.is_scripting():  # (TorchScript compiles no ONNX export check)
-        if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+        if is_torchscript_onnx_export():
             # the TorchScript-based ONNX exporter takes Tensor.unfold only on inputs of known size, which the padded
             # map is not (its pads are computed in the graph); im2col pads itself and reads the size at run time
             B, C, H, W = kv.shape

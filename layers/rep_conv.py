@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, resolve_impl
+from .config import ImplTable, is_torchscript_onnx_export, resolve_impl
 from .conv_norm import ConvNorm, folded_bn
 
 __all__ = ['RepConvNorm', 'rep_conv2d', 'rep_conv2d_reference', 'rep_conv2d_merged', 'merge_branch_kernels']
@@ -88,7 +88,7 @@ def rep_conv2d_merged(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: 
 
 
 def _can_use_merged(x, weights, biases, groups, stride: int = 1) -> Optional[str]:
-    if torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting():
+    if is_torchscript_onnx_export():
         return 'the TorchScript-based ONNX exporter cannot export a conv whose kernel is computed in the graph'
     return None
 
