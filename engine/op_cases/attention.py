@@ -5,7 +5,7 @@ from typing import List
 import torch
 
 from layers import softmax_attention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -20,4 +20,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             cases.append(OpCase('multi-rate attention core (FMViT)', f'B{batch_size} h{heads} N{size * size} '
                                 f'-> {kv_len} (rate {rate}) d32', impls=['reference', 'sdpa'],
                                 run=lambda impl, q=q, k=k, v=v: softmax_attention(q, k, v, 32 ** -0.5, impl=impl)))
+            cases.append(fwd_bwd_case('multi-rate attention core (FMViT)', cases[-1].shape, ['reference', 'sdpa'],
+                                      lambda impl, q, k, v: softmax_attention(q, k, v, 32 ** -0.5, impl=impl),
+                                      (q, k, v)))
     return cases

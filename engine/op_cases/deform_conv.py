@@ -5,7 +5,7 @@ from typing import List
 import torch
 
 from layers import deform_conv2d
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -23,4 +23,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             'deform_conv2d', f'B{batch_size} C{c_in}->{c_out} {size}x{size} k{k} s{s} p{p}',
             impls=['reference', 'torchvision'],
             run=lambda impl, x=x, o=offset, w=weight, b=bias, s=s, p=p: deform_conv2d(x, o, w, b, s, p, impl=impl)))
+        cases.append(fwd_bwd_case(
+            'deform_conv2d', cases[-1].shape, ['reference', 'torchvision'],
+            lambda impl, x, o, w, b, s=s, p=p: deform_conv2d(x, o, w, b, s, p, impl=impl), (x, offset, weight, bias)))
     return cases

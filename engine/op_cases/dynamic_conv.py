@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import ContMix
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -23,4 +23,6 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             return layer(f, c, v)
         cases.append(OpCase('contmix', f'B{batch_size} C{dim} {size}x{size} k{kernel}+5 G{2 * heads}',
                             impls=['reference', 'blocked'], run=run))
+        cases.append(fwd_bwd_case('contmix', cases[-1].shape, ['reference', 'blocked'],
+                                  lambda impl, f, c, v, run=run: run(impl, f=f, c=c, v=v), (feat, ctx, value), layer))
     return cases

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import gated_positional_attention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -17,4 +17,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
                             impls=['reference', 'sdpa'],
                             run=lambda impl, q=q, k=k, v=v, p=pos, g=gate: gated_positional_attention(
                                 q, k, v, p, g, 48 ** -0.5, impl=impl)))
+        cases.append(fwd_bwd_case('gated_positional_attention', cases[-1].shape, ['reference', 'sdpa'],
+                                  lambda impl, *t: gated_positional_attention(*t, 48 ** -0.5, impl=impl),
+                                  (q, k, v, pos, gate)))
     return cases

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import HaloAttention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -20,4 +20,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             return layer(x)
         cases.append(OpCase('halo_attention', f'B{batch_size} C{dim} {size}x{size} b8 h2 s{stride}',
                             impls=['reference', 'matmul', 'sdpa', 'onehot'], run=run))
+        if size == 16:  # the 256-input training shapes
+            cases.append(fwd_bwd_case('halo_attention', cases[-1].shape, ['reference', 'matmul', 'sdpa', 'onehot'],
+                                      lambda impl, x, run=run: run(impl, x=x), (x,), layer))
     return cases

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import HiLoAttention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -21,4 +21,7 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             return layer(x)
         cases.append(OpCase('hilo_attention', f'LITv2-{name} B{batch_size} {size}x{size} C{dim} h{heads} ws{ws} '
                              f'(hi{layer.h_heads}/lo{layer.l_heads})', impls=['reference', 'sdpa'], run=run))
+        if size in (14, 7):  # training runs at 224
+            cases.append(fwd_bwd_case('hilo_attention', cases[-1].shape, ['reference', 'sdpa'],
+                                      lambda impl, x, run=run: run(impl, x=x), (x,), layer))
     return cases

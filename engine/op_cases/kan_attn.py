@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from layers import FourierKArAt
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -21,6 +21,8 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             act.kernel_impl = impl
             return act(q, k, v, 0.125)
         cases.append(OpCase('fourier_kan_attention', shape, impls=['reference', 'dense', 'vectorized'], run=run))
+        cases.append(fwd_bwd_case('fourier_kan_attention', shape, ['reference', 'dense', 'vectorized'],
+                                  lambda impl, q, k, v, run=run: run(impl, q=q, k=k, v=v), (q, k, v), act))
 
         def run_vs(impl, q=q, k=k, v=v, act=act):
             if impl == 'softmax (sdpa)':

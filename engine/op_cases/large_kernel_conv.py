@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import LargeKernelAttention, dilated_dwconv2d
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -23,4 +23,6 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             lka.kernel_impl = impl
             return lka(x)
         cases.append(OpCase('large_kernel_attention', shape, impls=['reference', 'subgrid'], run=run_lka))
+        cases.append(fwd_bwd_case('large_kernel_attention', shape, ['reference', 'subgrid'],
+                                  lambda impl, x, run=run_lka: run(impl, x=x), (x,), lka))
     return cases

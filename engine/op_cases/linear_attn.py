@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import linear_attention, rope_2d, softmax_attention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -18,6 +18,9 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         cases.append(OpCase(
             'linear_attention (MALA)', f'B{batch_size} h{heads} N{size * size} d{d}', impls=['reference', 'linear'],
             run=lambda impl, q=q, k=k, v=v, s=d ** -0.5, r=rope: linear_attention(q, k, v, s, r, impl=impl)))
+        cases.append(fwd_bwd_case(
+            'linear_attention (MALA)', cases[-1].shape, ['reference', 'linear'],
+            lambda impl, q, k, v, s=d ** -0.5, r=rope: linear_attention(q, k, v, s, r, impl=impl), (q, k, v)))
     for size in (14, 28, 56, 112):
         q, k, v = (torch.randn(1, 2, size * size, 64) for _ in range(3))
         rope = rope_2d(size, size, 64)

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import ska
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -15,4 +15,6 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         w = torch.randn(batch_size, dim // 8, 9, size, size)
         cases.append(OpCase('ska', f'B{batch_size} C{dim} {size}x{size} k3', impls=['reference', 'shift'],
                             run=lambda impl, x=x, w=w: ska(x, w, impl=impl)))
+        cases.append(fwd_bwd_case('ska', cases[-1].shape, ['reference', 'shift'],
+                                  lambda impl, x, w: ska(x, w, impl=impl), (x, w)))
     return cases

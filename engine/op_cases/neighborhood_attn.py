@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import na2d, na2d_av
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -18,10 +18,15 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         cases.append(OpCase(
             'na2d_av', f'B{batch_size} G{groups} {size}x{size} k{kernel} D{d}', impls=['reference', 'blocked'],
             run=lambda impl, a=attn, v=value, k=kernel: na2d_av(a, v, k, impl=impl)))
+        cases.append(fwd_bwd_case('na2d_av', cases[-1].shape, ['reference', 'blocked'],
+                                  lambda impl, a, v, k=kernel: na2d_av(a, v, k, impl=impl), (attn, value)))
     for heads, size, dilation in ((2, 56, 1), (2, 56, 2)):
         q, k, v = (torch.randn(batch_size, heads, size, size, 32) for _ in range(3))
         rpb = torch.randn(heads, 13, 13) * .02
         cases.append(OpCase(
             'na2d', f'B{batch_size} h{heads} {size}x{size} k7 d{dilation} D32', impls=['reference', 'blocked'],
             run=lambda impl, q=q, k=k, v=v, r=rpb, dil=dilation: na2d(q, k, v, 7, dil, r, impl=impl)))
+        cases.append(fwd_bwd_case('na2d', cases[-1].shape, ['reference', 'blocked'],
+                                  lambda impl, q, k, v, r, dil=dilation: na2d(q, k, v, 7, dil, r, impl=impl),
+                                  (q, k, v, rpb)))
     return cases

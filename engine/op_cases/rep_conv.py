@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import rep_conv2d
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -30,4 +30,9 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         cases.append(OpCase(f'rep_conv2d ({label})', f'B{batch_size} {cin}->{cout} {size}x{size} {branches}',
                             impls=['reference', 'merged'],
                             run=lambda impl, x=x, w=weights, b=biases, g=groups: rep_conv2d(x, w, b, g, impl=impl)))
+        n = len(weights)
+        cases.append(fwd_bwd_case(
+            f'rep_conv2d ({label})', cases[-1].shape, ['reference', 'merged'],
+            lambda impl, x, *t, n=n, g=groups: rep_conv2d(x, list(t[:n]), list(t[n:]), g, impl=impl),
+            (x, *weights, *biases)))
     return cases

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import reversed_attention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -20,4 +20,9 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             'reversed_attention', f'B{batch_size} h{heads} N{tokens} d{d}', impls=['reference', 'folded'],
             run=lambda impl, q=q, k=k, v=v, g=gate, s=d ** -0.5: torch.cat(
                 [t.flatten() for t in reversed_attention(q, k, v, g, s, impl=impl)])))
+        if tokens in (196, 100):
+            cases.append(fwd_bwd_case(
+                'reversed_attention', cases[-1].shape, ['reference', 'folded'],
+                lambda impl, q, k, v, g, s=d ** -0.5: torch.cat(
+                    [t.flatten() for t in reversed_attention(q, k, v, g, s, impl=impl)]), (q, k, v, gate)))
     return cases

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import BiLevelRoutingAttention, KernelUnavailableError, routed_attention
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def _masked_runs(q, k, v, topk, heads, scale) -> bool:
@@ -29,14 +29,9 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
         cases.append(OpCase('routed_attention', shape, impls=impls,
                             run=lambda impl, q=q, k=k, v=v, t=topk, h=heads, s=scale: routed_attention(
                                 q, k, v, t, h, s, impl=impl)))
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-
-        def train_step(impl, leaves=leaves, t=topk, h=heads, s=scale):
-            with torch.enable_grad():
-                out = routed_attention(*leaves, t, h, s, impl=impl)
-                grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
-            return torch.cat([g.flatten() for g in grads])
-        cases.append(OpCase('routed_attention fwd+bwd', shape, impls=impls, run=train_step))
+        cases.append(fwd_bwd_case('routed_attention', shape, impls,
+                                  lambda impl, q, k, v, t=topk, h=heads, s=scale: routed_attention(
+                                      q, k, v, t, h, s, impl=impl), (q, k, v)))
         layer = BiLevelRoutingAttention(dim, heads, n_win=7, topk=topk).eval()
         x = torch.randn(batch_size, size, size, dim)
 

@@ -4,7 +4,7 @@ from typing import List
 import torch
 
 from layers import attention_with_cls_score
-from . import OpCase
+from . import OpCase, fwd_bwd_case
 
 
 def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
@@ -17,4 +17,8 @@ def benchmark_cases(batch_size: int = 8) -> List[OpCase]:
             cases.append(OpCase(
                 'attention_with_cls_score', f'B{batch_size} h{heads} N{tokens} d{d}', impls=['reference', 'sdpa'],
                 run=lambda impl, q=q, k=k, v=v, s=d ** -0.5: attention_with_cls_score(q, k, v, s, impl=impl)[0]))
+            cases.append(fwd_bwd_case(
+                'attention_with_cls_score', cases[-1].shape, ['reference', 'sdpa'],
+                lambda impl, q, k, v, s=d ** -0.5: torch.cat(
+                    [t.flatten() for t in attention_with_cls_score(q, k, v, s, impl=impl)]), (q, k, v)))
     return cases
