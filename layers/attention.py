@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .config import ImplTable, NotPreferred, resolve_impl
+from .config import ImplTable, NotPreferred, grad_required, resolve_impl
 from .linear_attn import apply_rope
 
 __all__ = ['softmax_attention', 'softmax_attention_reference', 'softmax_attention_sdpa']
@@ -37,9 +37,28 @@ def softmax_attention_sdpa(q, k, v, scale: float, rope=None) -> torch.Tensor:
 # matrix is large, and the explicit form is faster on the smaller ones (7 x 7 stages, pooled keys); see
 # docs/operators.md, softmax attention.
 _SDPA_MIN_SCORES_CPU = 196 * 196
+# In a training step the fused kernel's backward is slower than autograd through the explicit form unless a head has
+# at least 784 x 196 scores and 196 keys (measured: 0.56-0.85x at 49 x 49 .. 196 x 196 and at 49 keys, 1.08x at
+# 784 x 196, 2x at 784 x 784; docs/speed.md, training step).
+_SDPA_MIN_SCORES_CPU_TRAIN = 784 * 196
+_SDPA_MIN_KEYS_CPU_TRAIN = 196
+
+
+def sdpa_backward_not_preferred(q: torch.Tensor, k: torch.Tensor, *others) -> Optional[NotPreferred]:
+    """A `NotPreferred` reason when this is a CPU training step at a shape where the fused attention's backward
+    loses to the explicit form's (see above), else None. Shared by every operator whose fast form is SDPA."""
+    if q.device.type != 'cpu' or not grad_required(q, k, *others):
+        return None
+    n, m = q.shape[-2], k.shape[-2]
+    if n * m < _SDPA_MIN_SCORES_CPU_TRAIN or m < _SDPA_MIN_KEYS_CPU_TRAIN:
+        return NotPreferred(f'training step with {n} x {m} scores per head: the explicit form\'s backward is faster '
+                            'on the CPU')
+    return None
 
 
 def _can_use_sdpa(q, k, v) -> Optional[str]:
+    if q.device.type == 'cpu' and grad_required(q, k, v):
+        return sdpa_backward_not_preferred(q, k, v)
     if q.device.type == 'cpu' and q.shape[-2] * k.shape[-2] < _SDPA_MIN_SCORES_CPU:
         return NotPreferred(f'{q.shape[-2]} x {k.shape[-2]} scores per head: the explicit form is faster on the CPU')
     return None

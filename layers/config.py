@@ -35,7 +35,7 @@ from timm.layers import is_exportable, is_scriptable
 
 __all__ = [
     'GLOBAL_IMPLS', 'KernelUnavailableError', 'NotPreferred', 'bind_layer_config', 'export_friendly',
-    'get_kernel_impl', 'is_capturing_graph', 'is_torchscript_onnx_export',
+    'get_kernel_impl', 'grad_required', 'is_capturing_graph', 'is_torchscript_onnx_export',
     'kernel_impl', 'resolve_impl', 'set_kernel_impl', 'set_module_kernel_impl',
     'traceable_only', 'untraceable', 'usable_impls',
 ]
@@ -109,6 +109,15 @@ _export_friendly_depth = 0
 def is_capturing_graph() -> bool:
     """True while torch.jit.trace, torch.onnx.export or torch.export runs the model to capture its graph."""
     return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
+def grad_required(*tensors) -> bool:
+    """True if autograd records an operation on these inputs (a training forward), so its backward will run too.
+
+    Some fast implementations win in inference but have a slower backward than the reference at small shapes;
+    their `can_use` checks this to make 'auto' pick by the training step's measured speed.
+    """
+    return torch.is_grad_enabled() and any(torch.is_tensor(t) and t.requires_grad for t in tensors)
 
 
 def is_torchscript_onnx_export() -> bool:

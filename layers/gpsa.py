@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._shape_cache import shape_cache
+from .attention import sdpa_backward_not_preferred
 from .config import ImplTable, resolve_impl
 
 __all__ = ['GatedPositionalAttention', 'gated_positional_attention', 'gated_positional_attention_reference',
@@ -59,7 +60,7 @@ def gated_positional_attention_sdpa(q, k, v, pos_logits, gate, scale: float) -> 
 
 
 _IMPLS: ImplTable = {
-    'sdpa': (gated_positional_attention_sdpa, None),
+    'sdpa': (gated_positional_attention_sdpa, sdpa_backward_not_preferred),
     'reference': (gated_positional_attention_reference, None),
 }
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, resolve_impl
+from .config import ImplTable, NotPreferred, grad_required, resolve_impl
 
 __all__ = ['HiLoAttention', 'hilo_attention', 'hilo_attention_reference', 'hilo_attention_sdpa', 'hilo_head_split']
 
@@ -196,8 +196,16 @@ def hilo_attention_sdpa(
     return out[:, :H, :W]
 
 
+def _can_use_sdpa(x: torch.Tensor, hifi: Optional[HiFiParams], lofi: Optional[LoFiParams]) -> Optional[str]:
+    if x.device.type == 'cpu' and hifi is not None and grad_required(x, *hifi, *(lofi or ())):
+        # the fused 2 x 2-token windows lose in the backward: 0.86x the reference's training step at LITv2-S/B's
+        # 14 x 14 stage (docs/speed.md, training step); the global (window 1) stage keeps sdpa (1.05x)
+        return NotPreferred('training step with Hi-Fi windows: the reference\'s backward is faster on the CPU')
+    return None
+
+
 _IMPLS: ImplTable = {
-    'sdpa': (hilo_attention_sdpa, None),
+    'sdpa': (hilo_attention_sdpa, _can_use_sdpa),
     'reference': (hilo_attention_reference, None),
 }
 

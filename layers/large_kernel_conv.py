@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, resolve_impl
+from .config import ImplTable, NotPreferred, grad_required, resolve_impl
 
 __all__ = [
     'LargeKernelAttention', 'dilated_dwconv2d', 'dilated_dwconv2d_reference', 'dilated_dwconv2d_subgrid',
@@ -59,6 +59,10 @@ def dilated_dwconv2d_reference(
 def _can_use_subgrid(x: torch.Tensor, weight: torch.Tensor, bias=None, dilation: int = 1) -> Optional[str]:
     if dilation <= 1:
         return 'dilation 1 has no sub-grids to fold'
+    if x.device.type == 'cpu' and x.shape[-2] * x.shape[-1] < 14 * 14 and grad_required(x, weight, bias):
+        # the folding's reshapes cost more in the backward than the dilated kernel loses on a small map: LKA's
+        # training step at VAN's 7 x 7 stage ran 0.65x the reference's, at 14 x 14 1.03-1.08x (docs/speed.md)
+        return NotPreferred(f'training step on a {x.shape[-2]} x {x.shape[-1]} map: the dilated kernel is faster')
     return None
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import sdpa_backward_not_preferred
 from .config import ImplTable, resolve_impl
 
 __all__ = [
@@ -89,7 +90,7 @@ def attention_with_cls_score_reference(
 def _can_use_sdpa(q, k, v, scale, key_mask=None, policy=None) -> Optional[str]:
     if policy is not None:
         return 'training policies use the eps-smoothed softmax, which has no fused form'
-    return None
+    return sdpa_backward_not_preferred(q, k, v)
 
 
 def attention_with_cls_score_sdpa(

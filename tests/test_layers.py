@@ -236,3 +236,39 @@ def test_shape_tables_built_under_inference_mode_still_train():
     weight = torch.ones(3, requires_grad=True)
     (relative_offsets_2d(5, 7) * weight).sum().backward()
     assert weight.grad is not None
+
+
+def test_auto_picks_by_the_training_step_where_the_backward_differs():
+    """Where a fast form's backward measured slower than the reference's (fused attention on small score matrices,
+    HiLo's Hi-Fi windows, the sub-grid LKA conv on a 7x7 map), 'auto' takes the reference in a training forward and
+    keeps the fast form in inference and where the backward pays (large score matrices)."""
+    from layers import attention, gpsa, hilo_attn, large_kernel_conv, token_prune
+    from layers.config import resolve_impl
+
+    def qkv(n, m=None, d=32):
+        return [torch.randn(2, 2, n, d), torch.randn(2, 2, m or n, d), torch.randn(2, 2, m or n, d)]
+
+    layer = hilo_attn.HiLoAttention(64, 4, 2, alpha=0.5)
+    hifi = tuple(p.detach().clone() for p in (layer.h_qkv.weight, layer.h_qkv.bias, layer.h_proj.weight,
+                                              layer.h_proj.bias))
+    lofi = tuple(p.detach().clone() for p in (layer.l_q.weight, layer.l_q.bias, layer.l_kv.weight, layer.l_kv.bias,
+                                              layer.l_proj.weight, layer.l_proj.bias))
+    cases = [
+        ('softmax_attention', attention._SOFTMAX_IMPLS, qkv(196), 'sdpa'),
+        ('gated_positional_attention', gpsa._IMPLS, qkv(196), 'sdpa'),
+        ('attention_with_cls_score', token_prune._IMPLS, qkv(197, d=64) + [0.125], 'sdpa'),
+        ('dilated_dwconv2d', large_kernel_conv._DWCONV_IMPLS,
+         [torch.randn(2, 8, 7, 7), torch.randn(8, 1, 7, 7), torch.randn(8), 3], 'subgrid'),
+        ('hilo_attention', hilo_attn._IMPLS, [torch.randn(2, 14, 14, 64), hifi, lofi], 'sdpa'),
+    ]
+    for name, table, args, fast in cases:
+        assert resolve_impl(name, table, 'auto', *args) is table[fast][0], name
+        trained = [a.requires_grad_() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+        if name == 'hilo_attention':
+            trained[1] = tuple(p.requires_grad_() for p in trained[1])
+        assert resolve_impl(name, table, 'auto', *trained) is table['reference'][0], name
+        with torch.no_grad():
+            assert resolve_impl(name, table, 'auto', *trained) is table[fast][0], name
+        assert resolve_impl(name, table, fast, *trained) is table[fast][0], name  # named, it still runs
+    big = [t.requires_grad_() for t in qkv(784)]
+    assert resolve_impl('softmax_attention', attention._SOFTMAX_IMPLS, 'auto', *big) is attention.softmax_attention_sdpa
