@@ -90,6 +90,17 @@ def test_ops_benchmark_prints_side_by_side(tmp_path):
     assert rows[1]['max_abs_diff'] < 1e-4 and 'subgrid' in result.stdout
 
 
+def test_ops_benchmark_times_training_steps(tmp_path):
+    """`--ops-filter fwd+bwd`: an operator's training step per implementation, its gradients checked against the
+    reference's."""
+    result = _run('--ops', '--ops-filter', 'ska fwd+bwd', '--ops-max-cases', 1, '--iters', 2, '--warmup', 1,
+                  '--batch-sizes', 2, '--json', tmp_path / 'ops.json')
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / 'ops.json').read_text())
+    assert [(r['op'], r['impl']) for r in rows] == [('ska fwd+bwd', 'reference'), ('ska fwd+bwd', 'shift')]
+    assert rows[1]['max_abs_diff'] < 1e-4 and rows[1]['ms'] > 0
+
+
 def test_unknown_model_is_a_clear_error():
     result = _run('van_b99')
     assert result.returncode == 2 and "Unknown model 'van_b99'" in result.stderr and 'Traceback' not in result.stderr
