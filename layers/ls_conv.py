@@ -94,10 +94,8 @@ class _SkaShift(torch.autograd.Function):
                 a, b = divmod(tap, k)
                 grad_padded[..., a:a + H, b:b + W].addcmul_(grad_out, weight[:, None, :, tap])
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.empty_like(weight)
-            for tap in range(k * k):
-                a, b = divmod(tap, k)
-                torch.sum(grad_out * padded[..., a:a + H, b:b + W], dim=1, out=grad_weight[:, :, tap])
+            grad_weight = torch.stack([(grad_out * padded[..., a:a + H, b:b + W]).sum(dim=1)
+                                       for a, b in (divmod(tap, k) for tap in range(k * k))], dim=2)
         return grad_padded, grad_weight, None
 
 
