@@ -10,9 +10,13 @@ Fused layers keep the dtype and device of the originals.
 from typing import Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['ConvNorm', 'NormLinear', 'folded_bn']
+
+# ConvNorm runs a 1x1 conv on a channels-last map of at most this many pixels as a GEMM over the NHWC view
+_LINEAR_MAX_PIXELS = 14 * 14
 
 
 def folded_bn(bn: nn.modules.batchnorm._BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +43,15 @@ class ConvNorm(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        conv = self.conv
+        if (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and x.ndim == 4
+                and x.shape[-2] * x.shape[-1] <= _LINEAR_MAX_PIXELS and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            # a channels-last map is an NHWC matrix: the 1x1 conv is one GEMM on it, and on small maps its backward
+            # beats oneDNN's 1x1 convolution backward (LSNet-T's training step 1.17x; docs/speed.md)
+            weight = conv.weight.view(conv.out_channels, conv.in_channels)
+            return self.bn(F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2))
+        return self.bn(conv(x))
 
     @torch.no_grad()
     def fuse(self) -> nn.Conv2d:

@@ -272,3 +272,33 @@ def test_auto_picks_by_the_training_step_where_the_backward_differs():
         assert resolve_impl(name, table, fast, *trained) is table[fast][0], name  # named, it still runs
     big = [t.requires_grad_() for t in qkv(784)]
     assert resolve_impl('softmax_attention', attention._SOFTMAX_IMPLS, 'auto', *big) is attention.softmax_attention_sdpa
+
+
+def test_conv_norm_gemm_path_equals_the_convolution():
+    """ConvNorm's 1x1 conv on a small channels-last map runs as a GEMM over the NHWC view: same values and gradients
+    (float64) as the convolution, channels-last out; larger or NCHW maps keep the convolution."""
+    from layers import conv_norm
+    layer = conv_norm.ConvNorm(16, 24).double().eval()
+    with torch.no_grad():
+        layer.bn.running_mean.normal_()
+        layer.bn.running_var.uniform_(0.5, 2.)
+    for size, gemm in ((7, True), (14, True), (15, False)):
+        x = torch.randn(2, 16, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        out = layer(x)
+        ref = layer.bn(torch.nn.functional.conv2d(x, layer.conv.weight))
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        grads = torch.autograd.grad(out.square().sum(), (x, layer.conv.weight))
+        ref_grads = torch.autograd.grad(ref.square().sum(), (x, layer.conv.weight))
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        calls = []
+        original = conv_norm.F.linear
+        conv_norm.F.linear = lambda *a: calls.append(1) or original(*a)
+        try:
+            layer(x.detach())
+            layer(x.detach().contiguous())  # NCHW: the convolution
+        finally:
+            conv_norm.F.linear = original
+        assert len(calls) == int(gemm)
