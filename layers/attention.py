@@ -44,22 +44,27 @@ _SDPA_MIN_SCORES_CPU_TRAIN = 784 * 196
 _SDPA_MIN_KEYS_CPU_TRAIN = 196
 
 
-def sdpa_backward_not_preferred(q: torch.Tensor, k: torch.Tensor, *others) -> Optional[NotPreferred]:
-    """A `NotPreferred` reason when this is a CPU training step at a shape where the fused attention's backward
-    loses to the explicit form's (see above), else None. Shared by every operator whose fast form is SDPA."""
-    if q.device.type != 'cpu' or not grad_required(q, k, *others):
-        return None
-    n, m = q.shape[-2], k.shape[-2]
+def _slow_sdpa_backward(n: int, m: int) -> Optional[NotPreferred]:
     if n * m < _SDPA_MIN_SCORES_CPU_TRAIN or m < _SDPA_MIN_KEYS_CPU_TRAIN:
         return NotPreferred(f'training step with {n} x {m} scores per head: the explicit form\'s backward is faster '
                             'on the CPU')
     return None
 
 
+def sdpa_backward_not_preferred(q: torch.Tensor, k: torch.Tensor, *others) -> Optional[NotPreferred]:
+    """A `NotPreferred` reason when this is a CPU training step at a shape where the fused attention's backward
+    loses to the explicit form's (see above), else None. Shared by every operator whose fast form is SDPA."""
+    if q.device.type != 'cpu' or not grad_required(q, k, *others):
+        return None
+    return _slow_sdpa_backward(q.shape[-2], k.shape[-2])
+
+
 def _can_use_sdpa(q, k, v) -> Optional[str]:
-    if q.device.type == 'cpu' and grad_required(q, k, v):
-        return sdpa_backward_not_preferred(q, k, v)
-    if q.device.type == 'cpu' and q.shape[-2] * k.shape[-2] < _SDPA_MIN_SCORES_CPU:
+    if q.device.type != 'cpu':
+        return None
+    if grad_required(q, k, v):
+        return _slow_sdpa_backward(q.shape[-2], k.shape[-2])
+    if q.shape[-2] * k.shape[-2] < _SDPA_MIN_SCORES_CPU:
         return NotPreferred(f'{q.shape[-2]} x {k.shape[-2]} scores per head: the explicit form is faster on the CPU')
     return None
 

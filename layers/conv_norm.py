@@ -48,7 +48,7 @@ class ConvNorm(nn.Module):
                 and x.shape[-2] * x.shape[-1] <= _LINEAR_MAX_PIXELS and not x.is_contiguous()
                 and x.is_contiguous(memory_format=torch.channels_last)):
             # a channels-last map is an NHWC matrix: the 1x1 conv is one GEMM on it, and on small maps its backward
-            # beats oneDNN's 1x1 convolution backward (LSNet-T's training step 1.17x; docs/speed.md)
+            # beats oneDNN's 1x1 convolution backward (LSNet-T's training step 1.085x; docs/speed.md)
             weight = conv.weight.view(conv.out_channels, conv.in_channels)
             return self.bn(F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2))
         return self.bn(conv(x))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ImplTable, is_capturing_graph, resolve_impl
+from .config import ImplTable, grad_required, is_capturing_graph, resolve_impl
 from .conv_norm import ConvNorm
 
 __all__ = ['LSConv', 'LargeKernelPerception', 'ska', 'ska_reference', 'ska_shift']
@@ -108,8 +108,7 @@ def ska_shift(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     # (C / G, G, H, W) planes: the per-tap multiply-adds broadcast the weight over whole planes, several times faster
     # than over interleaved channels-last rows (one layout copy each way is cheaper than the difference)
     padded = F.pad(x.contiguous(), (p, p, p, p)).view(B, C // groups, groups, H + 2 * p, W + 2 * p)
-    needs_grad = torch.is_grad_enabled() and (padded.requires_grad or weight.requires_grad)
-    if needs_grad and not is_capturing_graph():
+    if grad_required(padded, weight) and not is_capturing_graph():
         out = _SkaShift.apply(padded, weight, k)
     else:
         out = _ska_shift_taps(padded, weight, k, H, W)
